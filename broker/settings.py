@@ -1,0 +1,67 @@
+"""Settings of a mesh participant, read from `AGENTMESH_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PREFIX = "mesh"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where the mesh is and how its participants behave.
+
+    Every field can be set from the environment as `AGENTMESH_<FIELD>` (upper case), e.g.
+    `AGENTMESH_NATS_URL`, `AGENTMESH_PREFIX`, `AGENTMESH_HEARTBEAT_INTERVAL`.
+    """
+
+    nats_url: str = DEFAULT_NATS_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    # Subject and key prefix: two meshes with different prefixes share servers unseen.
+    prefix: str = DEFAULT_PREFIX
+    # Presence: an instance re-announces itself every interval and is gone after timeout.
+    heartbeat_interval: float = 30.0
+    heartbeat_timeout: float = 60.0
+    # Calls: a responder sends keep-alives this often; a caller declares it dead after 3 missed.
+    keepalive_interval: float = 5.0
+    request_timeout: float = 30.0
+    # Bodies larger than this are refused with PAYLOAD_TOO_LARGE by callers and responders.
+    max_message_bytes: int = 1024 * 1024
+    # Concurrent handler calls per served subject per process.
+    max_concurrency: int = 100
+    connect_timeout: float = 2.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"AGENTMESH_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ValueError(
+                    f"AGENTMESH_{f.name.upper()}={raw!r} is not a valid {kind.__name__}"
+                ) from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def check(self) -> None:
+        from broker.subjects import validate_token
+
+        validate_token(self.prefix, what="prefix")
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")

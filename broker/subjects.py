@@ -1,0 +1,99 @@
+"""The one place that builds NATS subjects and Redis keys.
+
+Every outside identifier that becomes a subject token goes through `validate_id` (refused if
+unsafe) or `escape_token` (made safe, reversibly). No other module formats a subject, so no id
+can ever widen a subscription with `*` or `>` or add tokens with `.`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from broker.errors import InvalidId
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+MAX_NAME_LEN = 256
+
+
+def validate_id(value: object, *, what: str = "agent id") -> str:
+    """Return `value` if it is a safe single token, else raise `InvalidId`.
+
+    Allowed: 1-128 characters of ASCII letters, digits, `_` and `-`, starting with a letter or
+    digit. Anything else (`.`, `*`, `>`, white space, control characters, ...) is refused.
+    """
+    if isinstance(value, str) and _ID_RE.match(value):
+        return value
+    raise InvalidId(
+        f"invalid {what} {value!r}: use 1-128 letters, digits, '_' or '-', "
+        "starting with a letter or digit",
+        details={"field": what},
+    )
+
+
+validate_token = validate_id
+
+
+def escape_token(name: str, *, what: str = "name") -> str:
+    """Make an arbitrary name (a model alias like `gpt-4.1`, a tool name) one safe token.
+
+    Letters, digits, `_` and `-` stay; every other character becomes `~XX` per UTF-8 byte, so
+    `gpt-4.1` becomes `gpt-4~2e1`. The mapping is reversible (`unescape_token`) and injective.
+    """
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LEN:
+        raise InvalidId(f"invalid {what} {name!r}: 1-{MAX_NAME_LEN} characters", details={"field": what})
+    if all(c in _SAFE for c in name):
+        return name
+    out = []
+    for c in name:
+        if c in _SAFE:
+            out.append(c)
+        else:
+            out.extend(f"~{b:02x}" for b in c.encode())
+    return "".join(out)
+
+
+def unescape_token(token: str) -> str:
+    if "~" not in token:
+        return token
+    raw = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "~":
+            raw.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.extend(token[i].encode())
+            i += 1
+    return raw.decode()
+
+
+class Subjects:
+    """Subjects and Redis keys of one mesh (one prefix)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = validate_id(prefix, what="prefix")
+
+    # NATS subjects -------------------------------------------------------------------------
+    def agent(self, agent_id: str) -> str:
+        """Requests to an agent; served in the queue group `agent_queue(agent_id)`."""
+        return f"{self.prefix}.agent.{validate_id(agent_id)}"
+
+    def agent_queue(self, agent_id: str) -> str:
+        return f"{self.prefix}.agent.{validate_id(agent_id)}"
+
+    def control(self, instance_id: str) -> str:
+        """Control messages (cancel) for one running instance."""
+        return f"{self.prefix}.ctl.{validate_id(instance_id, what='instance id')}"
+
+    def control_all(self) -> str:
+        """Cancels whose target instance is not yet known; every instance listens."""
+        return f"{self.prefix}.ctl._all"
+
+    def presence_events(self, agent_id: str | None = None) -> str:
+        """Presence changes: `<p>.presence.<agent_id>`; `None` gives the wildcard for watching."""
+        return f"{self.prefix}.presence.{'*' if agent_id is None else validate_id(agent_id)}"
+
+    # Redis keys ----------------------------------------------------------------------------
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))

@@ -1,0 +1,105 @@
+"""The message envelope: what one participant sends another, and the chunks of a stream."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def new_id(prefix: str = "msg") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:20]}"
+
+
+class TextPart(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class DataPart(BaseModel):
+    """Structured data (any msgpack/JSON value)."""
+
+    type: Literal["data"] = "data"
+    data: Any
+
+
+class FilePart(BaseModel):
+    """A file by reference (`uri`) or inline (`bytes`); exactly one of the two."""
+
+    type: Literal["file"] = "file"
+    name: str | None = None
+    mime_type: str | None = None
+    uri: str | None = None
+    bytes: bytes | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FilePart:
+        if (self.uri is None) == (self.bytes is None):
+            raise ValueError("a file part needs exactly one of 'uri' or 'bytes'")
+        return self
+
+
+class ImagePart(FilePart):
+    """An image: a file part whose consumers may render or pass it to a vision model."""
+
+    type: Literal["image"] = "image"  # type: ignore[assignment]
+
+
+Part = Annotated[TextPart | DataPart | FilePart | ImagePart, Field(discriminator="type")]
+
+
+def to_parts(value: Any) -> list[Any]:
+    """What a handler returns or a caller sends, as content parts.
+
+    str → one text part; a part or list of parts → as is; bytes → an inline file part;
+    `None` → no parts; anything else → one data part.
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [TextPart(text=value)]
+    if isinstance(value, TextPart | DataPart | FilePart):
+        return [value]
+    if isinstance(value, bytes):
+        return [FilePart(bytes=value, mime_type="application/octet-stream")]
+    if isinstance(value, list) and value and all(
+        isinstance(p, TextPart | DataPart | FilePart) for p in value
+    ):
+        return list(value)
+    return [DataPart(data=value)]
+
+
+class _Content(BaseModel):
+    content: list[Part] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """All text parts joined; the common case of a plain text message."""
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    @property
+    def data(self) -> Any:
+        """The first data part's value, or `None`."""
+        for p in self.content:
+            if isinstance(p, DataPart):
+                return p.data
+        return None
+
+
+class Message(_Content):
+    """One message between participants, field names as in the gateway API seed."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    message_id: str = Field(default_factory=new_id)
+    conversation_id: str | None = None
+    from_agent_id: str | None = None
+    to_agent_id: str | None = None
+    timestamp: float = Field(default_factory=time.time)  # Unix seconds
+
+
+class Chunk(_Content):
+    """One piece of a streamed reply."""

@@ -1,0 +1,85 @@
+"""Real servers for the tests: one nats-server (JetStream) and one redis-server per session.
+
+Each test gets its own subject/key prefix, so tests never see each other's agents. Tests that
+restart or kill a server use the `own_nats` / `own_redis` factories, which give them servers of
+their own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.servers import NatsServer, RedisServer
+from broker.settings import Settings
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(data_dir=tmp_path_factory.mktemp("nats")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(data_dir=tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{next(_counter)}x{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def settings(nats_server: NatsServer, redis_server: RedisServer, prefix: str) -> Settings:
+    """Settings for this test: the session's servers, a prefix of its own, short timings."""
+    return Settings(
+        nats_url=nats_server.url,
+        redis_url=redis_server.url,
+        prefix=prefix,
+        heartbeat_interval=0.2,
+        heartbeat_timeout=1.0,
+        keepalive_interval=0.2,
+        request_timeout=5.0,
+    )
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server for this test alone (to stop, kill or restart)."""
+    server = NatsServer(data_dir=tmp_path / "own-nats").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server for this test alone (to stop, kill or restart)."""
+    server = RedisServer(data_dir=tmp_path / "own-redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env_for(settings: Settings) -> dict[str, str]:
+    """Environment for a child process (CLI, agent replica) that joins this test's mesh."""
+    env = dict(os.environ)
+    env.update(
+        AGENTMESH_NATS_URL=settings.nats_url,
+        AGENTMESH_REDIS_URL=settings.redis_url,
+        AGENTMESH_PREFIX=settings.prefix,
+        AGENTMESH_HEARTBEAT_INTERVAL=str(settings.heartbeat_interval),
+        AGENTMESH_HEARTBEAT_TIMEOUT=str(settings.heartbeat_timeout),
+        AGENTMESH_KEEPALIVE_INTERVAL=str(settings.keepalive_interval),
+    )
+    return env
