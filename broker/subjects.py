@@ -11,7 +11,8 @@ import re
 
 from broker.errors import InvalidId
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
+# Used with fullmatch: `$` would also accept a trailing "\n" (a NATS protocol line break).
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 MAX_NAME_LEN = 256
 
@@ -22,7 +23,7 @@ def validate_id(value: object, *, what: str = "agent id") -> str:
     Allowed: 1-128 characters of ASCII letters, digits, `_` and `-`, starting with a letter or
     digit. Anything else (`.`, `*`, `>`, white space, control characters, ...) is refused.
     """
-    if isinstance(value, str) and _ID_RE.match(value):
+    if isinstance(value, str) and _ID_RE.fullmatch(value):
         return value
     raise InvalidId(
         f"invalid {what} {value!r}: use 1-128 letters, digits, '_' or '-', "
@@ -41,7 +42,9 @@ def escape_token(name: str, *, what: str = "name") -> str:
     `gpt-4.1` becomes `gpt-4~2e1`. The mapping is reversible (`unescape_token`) and injective.
     """
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_LEN:
-        raise InvalidId(f"invalid {what} {name!r}: 1-{MAX_NAME_LEN} characters", details={"field": what})
+        raise InvalidId(
+            f"invalid {what} {name!r}: 1-{MAX_NAME_LEN} characters", details={"field": what}
+        )
     if all(c in _SAFE for c in name):
         return name
     out = []
@@ -49,23 +52,34 @@ def escape_token(name: str, *, what: str = "name") -> str:
         if c in _SAFE:
             out.append(c)
         else:
-            out.extend(f"~{b:02x}" for b in c.encode())
+            try:
+                out.extend(f"~{b:02x}" for b in c.encode())
+            except UnicodeEncodeError:  # a lone surrogate, e.g. from JSON "\ud800"
+                raise InvalidId(
+                    f"invalid {what} {name!r}: not valid Unicode", details={"field": what}
+                ) from None
     return "".join(out)
 
 
 def unescape_token(token: str) -> str:
-    if "~" not in token:
-        return token
+    """The name `escape_token` made `token` from; `InvalidId` if no name escapes to it."""
     raw = bytearray()
     i = 0
-    while i < len(token):
-        if token[i] == "~":
-            raw.append(int(token[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            raw.extend(token[i].encode())
-            i += 1
-    return raw.decode()
+    try:
+        while i < len(token):
+            if token[i] == "~":
+                raw.append(int(token[i + 1 : i + 3], 16))
+                i += 3
+            else:
+                raw.extend(token[i].encode())
+                i += 1
+        name = raw.decode()
+        # Only the canonical form is accepted ("~41" is not "A"), so the inverse is exact too.
+        if escape_token(name) == token:
+            return name
+    except (ValueError, InvalidId):  # bad hex, truncated escape, invalid UTF-8, bad length
+        pass
+    raise InvalidId(f"invalid escaped token {token!r}", details={"field": "token"})
 
 
 class Subjects:

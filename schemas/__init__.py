@@ -5,7 +5,20 @@ from schemas.envelope import Chunk, DataPart, FilePart, ImagePart, Message, Part
 from schemas.errors import ErrorCode, ErrorInfo
 
 __all__ = [
-    "AgentCard", "Chunk", "DataPart", "ErrorCode", "ErrorInfo", "FilePart", "ImagePart",
-    "InstanceInfo", "Message", "Owner", "Part", "Presence", "PresenceEvent", "PresenceStatus",
-    "TextPart", "new_id",
+    "AgentCard",
+    "Chunk",
+    "DataPart",
+    "ErrorCode",
+    "ErrorInfo",
+    "FilePart",
+    "ImagePart",
+    "InstanceInfo",
+    "Message",
+    "Owner",
+    "Part",
+    "Presence",
+    "PresenceEvent",
+    "PresenceStatus",
+    "TextPart",
+    "new_id",
 ]

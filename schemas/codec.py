@@ -26,7 +26,10 @@ def unpack(data: bytes) -> Any:
     try:
         return msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise InvalidMessage(f"body is not valid msgpack: {exc}") from None
+        # Some msgpack errors (FormatError, StackError) carry no text; name them instead.
+        raise InvalidMessage(
+            f"body is not valid msgpack: {str(exc) or type(exc).__name__}"
+        ) from None
 
 
 def decode(data: bytes, model: type[M]) -> M:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -22,7 +23,8 @@ class DataPart(BaseModel):
     """Structured data (any msgpack/JSON value)."""
 
     type: Literal["data"] = "data"
-    data: Any
+    # Defaulted: `encode` drops None values, so a null datum arrives without the key.
+    data: Any = None
 
 
 class FilePart(BaseModel):
@@ -32,7 +34,8 @@ class FilePart(BaseModel):
     name: str | None = None
     mime_type: str | None = None
     uri: str | None = None
-    bytes: bytes | None = None
+    # `builtins.`: the field's own name hides the builtin type inside the class body.
+    bytes: builtins.bytes | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> FilePart:
@@ -64,8 +67,10 @@ def to_parts(value: Any) -> list[Any]:
         return [value]
     if isinstance(value, bytes):
         return [FilePart(bytes=value, mime_type="application/octet-stream")]
-    if isinstance(value, list) and value and all(
-        isinstance(p, TextPart | DataPart | FilePart) for p in value
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(p, TextPart | DataPart | FilePart) for p in value)
     ):
         return list(value)
     return [DataPart(data=value)]

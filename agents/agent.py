@@ -1,0 +1,241 @@
+"""`Agent`: serve a handler under an agent id, with presence, replicas and graceful drain.
+
+agent = Agent("researcher", name="Research Agent", capabilities=["search"])
+
+@agent.handler
+async def handle(msg, ctx):          # return a value, or be an async generator to stream
+    return f"got: {msg.text}"
+
+agent.run()                          # or `await agent.serve()`, or `async with agent:`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from agents.client import MeshClient
+from agents.context import Context
+from broker.bus import Bus
+from broker.connections import connect_redis
+from broker.presence import Heartbeat, PresenceRegistry
+from broker.settings import Settings
+from broker.subjects import validate_id
+from broker.types import Request
+from schemas.agent import AgentCard, InstanceInfo, Owner
+from schemas.codec import decode, encode
+from schemas.envelope import Chunk, Message, TextPart, to_parts
+
+logger = logging.getLogger(__name__)
+
+HandlerFn = Callable[[Message, Context], Any]
+
+
+class Agent:
+    """An agent of the mesh. Every process that serves the same id is a replica of it.
+
+    Args:
+        agent_id: the agent's id; 1-128 letters, digits, `_` or `-`.
+        name, capabilities, description, agent_type, version, owner, metadata: the Agent Card.
+        max_concurrency: handler calls at once in this process (default from settings).
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        *,
+        name: str | None = None,
+        capabilities: list[str] | None = None,
+        description: str | None = None,
+        agent_type: str | None = None,
+        version: str | None = None,
+        owner: Owner | dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        max_concurrency: int | None = None,
+    ) -> None:
+        self.card = AgentCard(
+            agent_id=validate_id(agent_id),
+            agent_name=name or agent_id,
+            capabilities=list(capabilities or []),
+            description=description,
+            agent_type=agent_type,
+            version=version,
+            owner=Owner.model_validate(owner) if isinstance(owner, dict) else owner,
+            metadata=dict(metadata or {}),
+        )
+        self.max_concurrency = max_concurrency
+        self._handler: HandlerFn | None = None
+        self._bus: Bus | None = None
+        self._redis: Any = None
+        self._heartbeat: Heartbeat | None = None
+        self._mesh: MeshClient | None = None
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def agent_id(self) -> str:
+        return self.card.agent_id
+
+    @property
+    def instance_id(self) -> str | None:
+        return self._bus.instance_id if self._bus else None
+
+    @property
+    def mesh(self) -> MeshClient:
+        """A client that speaks as this agent (available while it runs)."""
+        if self._mesh is None:
+            raise RuntimeError("the agent is not running")
+        return self._mesh
+
+    def handler(self, fn: HandlerFn) -> HandlerFn:
+        """Register the message handler: `async def fn(msg, ctx)` returning a value, or an
+        async generator yielding chunks. Plain functions work too."""
+        self._handler = fn
+        return fn
+
+    # Lifecycle -----------------------------------------------------------------------------
+    async def start(self, settings: Settings | None = None) -> None:
+        """Connect, serve the agent's subject and announce presence; returns when online."""
+        if self._handler is None:
+            raise RuntimeError(
+                f"agent {self.agent_id!r} has no handler: decorate one with @agent.handler"
+            )
+        settings = settings or Settings.from_env()
+        self._stopped = asyncio.Event()
+        redis = await connect_redis(settings)  # fail before touching NATS if Redis is down
+        try:
+            self._bus = await Bus.connect(settings, name=f"agent:{self.agent_id}")
+        except BaseException:
+            await redis.aclose()
+            raise
+        self._redis = redis
+        self._mesh = MeshClient(self._bus, sender_id=self.agent_id)
+        subjects = self._bus.subjects
+        await self._bus.serve(
+            subjects.agent(self.agent_id),
+            self._handle,
+            queue=subjects.agent_queue(self.agent_id),
+            max_concurrency=self.max_concurrency,
+        )
+        registry = PresenceRegistry(redis, subjects, heartbeat_timeout=settings.heartbeat_timeout)
+        now = time.time()
+        instance = InstanceInfo(
+            instance_id=self._bus.instance_id,
+            connected_at=now,
+            last_heartbeat=now,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        self._heartbeat = Heartbeat(
+            registry, self._bus, self.card, instance, interval=settings.heartbeat_interval
+        )
+        await self._heartbeat.start()
+        logger.info("agent %s online (instance %s)", self.agent_id, self._bus.instance_id)
+
+    async def stop(self) -> None:
+        """Leave presence, finish the calls in flight, close connections."""
+        if self._bus is None:
+            return
+        bus, self._bus = self._bus, None
+        if self._heartbeat is not None:
+            await self._heartbeat.stop()
+        await bus.close()
+        if self._mesh is not None:
+            await self._mesh.close()
+            self._mesh = None
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._stopped is not None:
+            self._stopped.set()
+        logger.info("agent %s stopped", self.agent_id)
+
+    async def serve(self, settings: Settings | None = None) -> None:
+        """Run until `stop()` is called (or the task is cancelled)."""
+        await self.start(settings)
+        try:
+            assert self._stopped is not None
+            await self._stopped.wait()
+        finally:
+            await self.stop()
+
+    def run(self, settings: Settings | None = None) -> None:
+        """Block running the agent; SIGINT or SIGTERM drains and stops it."""
+        asyncio.run(self._run_until_signal(settings))
+
+    async def _run_until_signal(self, settings: Settings | None) -> None:
+        loop = asyncio.get_running_loop()
+        await self.start(settings)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: loop.create_task(self.stop()))
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # Handling ------------------------------------------------------------------------------
+    async def _handle(self, request: Request) -> bytes | AsyncIterator[bytes]:
+        msg = decode(request.data, Message)
+        assert self._handler is not None and self._mesh is not None
+        ctx = Context(
+            agent_id=self.agent_id,
+            instance_id=request.instance_id,
+            message=msg,
+            request=request,
+            mesh=self._mesh,
+        )
+        fn = self._handler
+        if inspect.isasyncgenfunction(fn):
+            chunks = fn(msg, ctx)
+            if request.stream:
+                return _encode_chunks(chunks)
+            parts: list[Any] = []
+            async for item in chunks:
+                parts.extend(to_parts(item))
+            return encode(self._reply(msg, _merge_text(parts)))
+        value = fn(msg, ctx)
+        if inspect.isawaitable(value):
+            value = await value
+        return encode(self._reply(msg, value))
+
+    def _reply(self, msg: Message, value: Any) -> Message:
+        if isinstance(value, Message):
+            return value.model_copy(
+                update={
+                    "from_agent_id": value.from_agent_id or self.agent_id,
+                    "to_agent_id": value.to_agent_id or msg.from_agent_id,
+                    "conversation_id": value.conversation_id or msg.conversation_id,
+                }
+            )
+        return Message(
+            from_agent_id=self.agent_id,
+            to_agent_id=msg.from_agent_id,
+            conversation_id=msg.conversation_id,
+            content=to_parts(value),
+        )
+
+
+async def _encode_chunks(chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    async for item in chunks:
+        yield encode(item if isinstance(item, Chunk) else Chunk(content=to_parts(item)))
+
+
+def _merge_text(parts: list[Any]) -> list[Any]:
+    """Join runs of text parts, so a streamed reply read whole is one text."""
+    out: list[Any] = []
+    for part in parts:
+        if isinstance(part, TextPart) and out and isinstance(out[-1], TextPart):
+            out[-1] = TextPart(text=out[-1].text + part.text)
+        else:
+            out.append(part)
+    return out

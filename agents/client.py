@@ -1,0 +1,188 @@
+"""`MeshClient`: how a program outside any agent calls agents and reads presence."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Generator
+from contextlib import aclosing
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from broker.bus import Bus
+from broker.connections import connect_redis
+from broker.errors import AgentNotFound
+from broker.presence import PresenceRegistry
+from broker.settings import Settings
+from broker.subjects import validate_id
+from broker.types import Kind
+from schemas.agent import Presence
+from schemas.codec import decode, encode
+from schemas.envelope import Chunk, Message, to_parts
+
+
+def make_message(
+    content: Any,
+    *,
+    sender: str | None,
+    target: str,
+    conversation_id: str | None,
+    metadata: dict[str, Any] | None,
+) -> Message:
+    if isinstance(content, Message):
+        updates: dict[str, Any] = {"to_agent_id": target}
+        if content.from_agent_id is None:
+            updates["from_agent_id"] = sender
+        if conversation_id is not None:
+            updates["conversation_id"] = conversation_id
+        return content.model_copy(update=updates)
+    return Message(
+        from_agent_id=sender,
+        to_agent_id=target,
+        conversation_id=conversation_id,
+        content=to_parts(content),
+        metadata=metadata or {},
+    )
+
+
+class MeshClient:
+    """Calls agents over the bus. Open with `async with MeshClient.connect() as mesh:`.
+
+    Args:
+        bus: a connected `Bus`.
+        sender_id: the `from_agent_id` put on messages (an agent's own id when it delegates).
+    """
+
+    def __init__(self, bus: Bus, *, sender_id: str | None = None, owns_bus: bool = False) -> None:
+        self.bus = bus
+        self.settings = bus.settings
+        self.sender_id = sender_id
+        self._owns_bus = owns_bus
+        self._redis: aioredis.Redis | None = None
+        self._registry: PresenceRegistry | None = None
+
+    @classmethod
+    def connect(cls, settings: Settings | None = None, *, sender_id: str | None = None) -> _Connect:
+        """Connect to the mesh; use as `async with` or `await`. Raises `ConnectionFailed`."""
+        return _Connect(settings, sender_id)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        if self._owns_bus:
+            await self.bus.close()
+
+    async def __aenter__(self) -> MeshClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # Calls ---------------------------------------------------------------------------------
+    async def ask(
+        self,
+        agent_id: str,
+        content: Any,
+        *,
+        conversation_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Message:
+        """Send `content` (text, data, parts or a `Message`) to an agent; return its reply.
+
+        Raises:
+            InvalidId: `agent_id` cannot be a subject token.
+            AgentNotFound: no instance of the agent is online.
+            MeshTimeout: no reply within `timeout` (default `Settings.request_timeout`).
+            MeshError: whatever error the agent replied with.
+        """
+        subject = self.bus.subjects.agent(agent_id)
+        msg = make_message(
+            content,
+            sender=self.sender_id,
+            target=agent_id,
+            conversation_id=conversation_id,
+            metadata=metadata,
+        )
+        try:
+            frame = await self.bus.request(subject, encode(msg), timeout=timeout)
+        except AgentNotFound:
+            raise _not_online(agent_id) from None
+        return decode(frame.data, Message)
+
+    async def stream(
+        self,
+        agent_id: str,
+        content: Any,
+        *,
+        conversation_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Chunk]:
+        """Send `content` and yield the reply's chunks as they arrive.
+
+        An agent that answers with one value (not a stream) yields it as a single chunk.
+        Stopping the iteration early cancels the call at the agent.
+        """
+        subject = self.bus.subjects.agent(agent_id)
+        msg = make_message(
+            content,
+            sender=self.sender_id,
+            target=agent_id,
+            conversation_id=conversation_id,
+            metadata=metadata,
+        )
+        try:
+            async with aclosing(self.bus.stream(subject, encode(msg), timeout=timeout)) as frames:
+                async for frame in frames:
+                    if frame.kind is Kind.CHUNK:
+                        yield decode(frame.data, Chunk)
+                    elif frame.data:  # a plain reply to a streaming caller
+                        reply = decode(frame.data, Message)
+                        yield Chunk(content=reply.content, metadata=reply.metadata)
+        except AgentNotFound:
+            raise _not_online(agent_id) from None
+
+    # Presence ------------------------------------------------------------------------------
+    async def registry(self) -> PresenceRegistry:
+        if self._registry is None:
+            self._redis = await connect_redis(self.settings)
+            self._registry = PresenceRegistry(
+                self._redis, self.bus.subjects, heartbeat_timeout=self.settings.heartbeat_timeout
+            )
+        return self._registry
+
+    async def agents(self) -> list[Presence]:
+        """The agents online now, with their cards and instances."""
+        return await (await self.registry()).list()
+
+    async def agent(self, agent_id: str) -> Presence | None:
+        return await (await self.registry()).get(validate_id(agent_id))
+
+
+def _not_online(agent_id: str) -> AgentNotFound:
+    return AgentNotFound(f"agent '{agent_id}' is not online", details={"agent_id": agent_id})
+
+
+class _Connect:
+    """`MeshClient.connect(...)`: awaitable, and an async context manager that closes."""
+
+    def __init__(self, settings: Settings | None, sender_id: str | None) -> None:
+        self.settings = settings
+        self.sender_id = sender_id
+        self.client: MeshClient | None = None
+
+    async def _open(self) -> MeshClient:
+        bus = await Bus.connect(self.settings or Settings.from_env(), name="agentmesh-client")
+        self.client = MeshClient(bus, sender_id=self.sender_id, owns_bus=True)
+        return self.client
+
+    def __await__(self) -> Generator[Any, None, MeshClient]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> MeshClient:
+        return await self._open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.client is not None:
+            await self.client.close()

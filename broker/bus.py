@@ -1,0 +1,370 @@
+"""The NATS bus: one connection with one muxed reply inbox, for calling and serving.
+
+Callers use `request` (one terminal frame) and `stream` (chunks, then one terminal frame);
+responders use `serve` (see `broker.service`). A watchdog declares a call dead when its
+responder, after acknowledging it, misses three keep-alives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from opentelemetry import propagate, trace
+
+from broker.errors import (
+    AgentNotFound,
+    ConnectionFailed,
+    MeshError,
+    MeshTimeout,
+    PayloadTooLarge,
+    Unavailable,
+    error_from_info,
+)
+from broker.settings import Settings
+from broker.subjects import Subjects
+from broker.types import (
+    H_CALL,
+    H_INSTANCE,
+    H_KIND,
+    H_STREAM,
+    H_TIMEOUT,
+    Frame,
+    Handler,
+    Kind,
+)
+from schemas.codec import decode
+from schemas.errors import ErrorInfo
+
+logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("agentmesh.bus")
+
+_MISSED_KEEPALIVES = 3
+_STATUS = "Status"
+_NO_RESPONDERS = "503"
+
+
+class _Call:
+    """One outstanding call: frames arrive through the muxed inbox into a queue."""
+
+    __slots__ = ("subject", "reply", "queue", "instance", "last_seen", "dead", "timer", "span")
+
+    def __init__(self, subject: str, reply: str) -> None:
+        self.subject = subject
+        self.reply = reply
+        self.queue: asyncio.Queue[Frame | MeshError] = asyncio.Queue()
+        self.instance: str | None = None
+        self.last_seen = time.monotonic()
+        self.dead = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.span: trace.Span | None = None
+
+    def fail(self, error: MeshError) -> None:
+        if not self.dead:
+            self.dead = True
+            self.queue.put_nowait(error)
+
+
+class Bus:
+    """A connection to the mesh's NATS. Create with `await Bus.connect(settings)`."""
+
+    def __init__(self, nc: NatsClient, settings: Settings, *, instance_id: str) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.subjects = Subjects(settings.prefix)
+        self.instance_id = instance_id
+        self._inbox = nc.new_inbox()
+        self._inbox_len = len(self._inbox) + 1
+        self._tokens = itertools.count(1)
+        self._calls: dict[str, _Call] = {}
+        self._inbox_sub: Any = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._services: list[Any] = []
+        self._control: Any = None  # broker.service.Control, created with the first service
+
+    # Connection ------------------------------------------------------------------------------
+    @classmethod
+    async def connect(
+        cls,
+        settings: Settings | None = None,
+        *,
+        name: str = "agentmesh",
+        instance_id: str | None = None,
+    ) -> Bus:
+        """Connect to NATS; raise `ConnectionFailed` naming the URL if it cannot be reached."""
+        settings = settings or Settings.from_env()
+
+        connected = False
+
+        async def on_error(exc: Exception) -> None:
+            # Before the first connection the failure is raised as ConnectionFailed instead.
+            logger.log(
+                logging.WARNING if connected else logging.DEBUG,
+                "NATS %s: %s",
+                settings.nats_url,
+                exc,
+            )
+
+        async def on_disconnect() -> None:
+            if not nc.is_closed and not nc.is_draining:
+                logger.warning("disconnected from NATS %s; reconnecting", settings.nats_url)
+
+        async def on_reconnect() -> None:
+            logger.info("reconnected to NATS %s", settings.nats_url)
+
+        try:
+            nc = await nats.connect(
+                settings.nats_url,
+                name=name,
+                connect_timeout=settings.connect_timeout,
+                # nats-py would retry an unreachable first server forever with -1; try twice,
+                # then allow unlimited reconnects once connected (the option is read live).
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.25,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            raise ConnectionFailed(
+                f"cannot reach NATS at {settings.nats_url} ({exc or type(exc).__name__}). "
+                "Start a local mesh with `make up` (or `agentmesh up`), "
+                "or point AGENTMESH_NATS_URL at your NATS server."
+            ) from None
+        nc.options["max_reconnect_attempts"] = -1
+        connected = True
+        bus = cls(nc, settings, instance_id=instance_id or uuid.uuid4().hex[:16])
+        bus._inbox_sub = await nc.subscribe(f"{bus._inbox}.*", cb=bus._on_reply)
+        bus._watchdog = asyncio.get_running_loop().create_task(bus._watch())
+        return bus
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def max_payload(self) -> int:
+        return min(self.settings.max_message_bytes, self.nc.max_payload or 1 << 20)
+
+    async def close(self, *, drain_timeout: float = 10.0) -> None:
+        """Stop serving (finishing calls in flight), then drain and close the connection."""
+        for service in list(self._services):
+            await service.stop(timeout=drain_timeout)
+        if self._control is not None:
+            await self._control.stop()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for call in self._calls.values():
+            call.fail(Unavailable("the connection to the mesh was closed"))
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except (nats.errors.Error, OSError, TimeoutError):
+                await self.nc.close()
+
+    # Publishing ------------------------------------------------------------------------------
+    def _check_size(self, data: bytes) -> None:
+        if len(data) > self.max_payload:
+            raise PayloadTooLarge(
+                f"message of {len(data)} bytes exceeds the limit of {self.max_payload} bytes",
+                details={"size": len(data), "limit": self.max_payload},
+            )
+
+    async def publish(
+        self, subject: str, data: bytes = b"", *, headers: dict[str, str] | None = None
+    ) -> None:
+        self._check_size(data)
+        await self.nc.publish(subject, data, headers=headers)
+
+    # Calling ---------------------------------------------------------------------------------
+    async def request(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Frame:
+        """Send one request and return its terminal `result` frame (chunks are skipped).
+
+        Raises the `MeshError` the responder sent, `AgentNotFound` when nobody serves
+        `subject`, `MeshTimeout` at the deadline, `Unavailable` when the responder went silent.
+        """
+        call = await self._start(subject, data, headers, timeout, stream=False)
+        done = False
+        try:
+            while True:
+                frame = await self._next(call)
+                if frame.kind is Kind.RESULT:
+                    done = True
+                    return frame
+        except MeshError:
+            done = True
+            raise
+        finally:
+            await self._finish(call, done)
+
+    async def stream(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Frame]:
+        """Send one request and yield its `chunk` frames, then the terminal `result` frame.
+
+        Leaving the iteration early (break, cancel) cancels the call at the responder.
+        """
+        call = await self._start(subject, data, headers, timeout, stream=True)
+        done = False
+        try:
+            while True:
+                frame = await self._next(call)
+                if frame.kind is Kind.RESULT:
+                    done = True
+                    yield frame
+                    return
+                yield frame
+        except MeshError:
+            done = True
+            raise
+        finally:
+            await self._finish(call, done)
+
+    async def _start(
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+        timeout: float | None,
+        *,
+        stream: bool,
+    ) -> _Call:
+        self._check_size(data)
+        timeout = self.settings.request_timeout if timeout is None else timeout
+        token = format(next(self._tokens), "x")
+        call = _Call(subject, f"{self._inbox}.{token}")
+        hdrs = dict(headers) if headers else {}
+        hdrs[H_TIMEOUT] = str(int(timeout * 1000))
+        if stream:
+            hdrs[H_STREAM] = "1"
+        # The span is not made current: a call may outlive the context it started in.
+        call.span = tracer.start_span(f"call {subject}", kind=trace.SpanKind.CLIENT)
+        propagate.inject(hdrs, context=trace.set_span_in_context(call.span))
+        call.timer = asyncio.get_running_loop().call_later(
+            timeout,
+            call.fail,
+            MeshTimeout(
+                f"no reply from {subject} within {timeout:g}s", details={"timeout": timeout}
+            ),
+        )
+        self._calls[token] = call
+        try:
+            await self.nc.publish(subject, data, reply=call.reply, headers=hdrs)
+        except BaseException:
+            await self._finish(call, True)
+            raise
+        return call
+
+    async def _next(self, call: _Call) -> Frame:
+        item = await call.queue.get()
+        if isinstance(item, MeshError):
+            raise item
+        if item.kind is Kind.ERROR:
+            raise error_from_info(decode(item.data, ErrorInfo))
+        return item
+
+    async def _finish(self, call: _Call, done: bool) -> None:
+        self._calls.pop(call.reply[self._inbox_len :], None)
+        if call.timer is not None:
+            call.timer.cancel()
+        if call.span is not None:
+            call.span.end()
+        if not done:  # timed out, or the caller cancelled or stopped iterating
+            await self._send_cancel(call)
+
+    async def _send_cancel(self, call: _Call) -> None:
+        target = (
+            self.subjects.control(call.instance) if call.instance else self.subjects.control_all()
+        )
+        try:
+            await self.nc.publish(target, b"", headers={H_KIND: Kind.CANCEL, H_CALL: call.reply})
+        except (nats.errors.Error, OSError):
+            logger.debug("could not send cancel for %s", call.reply)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        call = self._calls.get(msg.subject[self._inbox_len :])
+        if call is None:
+            return  # a late frame for a call that already ended
+        hdrs = msg.headers or {}
+        kind = hdrs.get(H_KIND)
+        call.last_seen = time.monotonic()
+        if kind is None:
+            if hdrs.get(_STATUS) == _NO_RESPONDERS:
+                call.fail(
+                    AgentNotFound(
+                        f"nothing is serving {call.subject} right now",
+                        details={"subject": call.subject},
+                    )
+                )
+            else:
+                logger.debug("ignoring a frame without %s on %s", H_KIND, msg.subject)
+            return
+        if kind == Kind.ACK:
+            call.instance = hdrs.get(H_INSTANCE)
+            return
+        if kind == Kind.KEEPALIVE:
+            return
+        try:
+            call.queue.put_nowait(Frame(Kind(kind), msg.data, hdrs))
+        except ValueError:
+            logger.debug("ignoring a frame of unknown kind %r", kind)
+
+    async def _watch(self) -> None:
+        """Fail calls whose acknowledged responder missed three keep-alives (it died)."""
+        interval = self.settings.keepalive_interval
+        while True:
+            await asyncio.sleep(interval)
+            limit = time.monotonic() - _MISSED_KEEPALIVES * interval
+            for call in self._calls.values():
+                if call.instance and call.last_seen < limit:
+                    call.fail(
+                        Unavailable(
+                            f"instance {call.instance} stopped responding "
+                            f"(no keep-alive for {_MISSED_KEEPALIVES * interval:g}s)",
+                            details={"instance_id": call.instance},
+                        )
+                    )
+
+    # Serving ---------------------------------------------------------------------------------
+    async def serve(
+        self, subject: str, handler: Handler, *, queue: str, max_concurrency: int | None = None
+    ) -> Any:
+        """Serve `subject` in queue group `queue`; returns the running `Service`."""
+        from broker.service import Control, Service
+
+        if self._control is None:
+            self._control = Control(self)
+            await self._control.start()
+        service = Service(
+            self,
+            subject,
+            handler,
+            queue=queue,
+            max_concurrency=max_concurrency or self.settings.max_concurrency,
+        )
+        await service.start()
+        self._services.append(service)
+        return service

@@ -1,0 +1,40 @@
+"""Opening the mesh's Redis connection with retries and a clear error when it is down."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from broker.errors import ConnectionFailed
+from broker.settings import Settings
+
+
+def redis_unreachable(settings: Settings, exc: BaseException) -> ConnectionFailed:
+    return ConnectionFailed(
+        f"cannot reach Redis at {settings.redis_url} ({exc}). "
+        "Start a local mesh with `make up` (or `agentmesh up`), "
+        "or point AGENTMESH_REDIS_URL at your Redis server."
+    )
+
+
+async def connect_redis(settings: Settings, *, check: bool = True) -> aioredis.Redis:
+    """A Redis client that reconnects (a restarted Redis is picked up on the next command)."""
+    client = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.connect_timeout,
+        socket_timeout=max(5.0, settings.connect_timeout),
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=30,
+    )
+    if check:
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            await client.aclose()
+            raise redis_unreachable(settings, exc) from None
+    return client

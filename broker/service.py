@@ -1,0 +1,187 @@
+"""Serving a subject: queue-group subscription, bounded concurrency, ack, keep-alives, cancel.
+
+A `Service` runs each request in its own task (nats-py runs one callback at a time per
+subscription, so a slow handler must not hold the subscription). `Control` is per connection:
+it knows the calls in flight, sends their keep-alives, and cancels them on request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+from nats.aio.msg import Msg
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+
+from broker.errors import Cancelled, MeshError, PayloadTooLarge, RemoteError
+from broker.types import H_CALL, H_INSTANCE, H_KIND, H_SEQ, H_STREAM, Handler, Kind, Request
+from schemas.codec import encode
+
+if TYPE_CHECKING:
+    from broker.bus import Bus
+
+logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("agentmesh.service")
+
+
+class Control:
+    """Per-connection bookkeeping of calls in flight: keep-alives and cancellation."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.inflight: dict[str, asyncio.Task[None]] = {}  # reply subject → handler task
+        self._subs: list[Any] = []
+        self._ticker: asyncio.Task[None] | None = None
+        self._ack_headers = {H_KIND: Kind.ACK.value, H_INSTANCE: bus.instance_id}
+        self._keepalive_headers = {H_KIND: Kind.KEEPALIVE.value, H_INSTANCE: bus.instance_id}
+
+    async def start(self) -> None:
+        subjects = self.bus.subjects
+        for subject in (subjects.control(self.bus.instance_id), subjects.control_all()):
+            self._subs.append(await self.bus.nc.subscribe(subject, cb=self._on_control))
+        self._ticker = asyncio.get_running_loop().create_task(self._keepalives())
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass  # connection already closing
+
+    async def _on_control(self, msg: Msg) -> None:
+        hdrs = msg.headers or {}
+        if hdrs.get(H_KIND) != Kind.CANCEL:
+            return
+        task = self.inflight.get(hdrs.get(H_CALL, ""))
+        if task is not None:
+            logger.debug("cancelling call %s on request", hdrs.get(H_CALL))
+            task.cancel()
+
+    async def _keepalives(self) -> None:
+        nc = self.bus.nc
+        while True:
+            await asyncio.sleep(self.bus.settings.keepalive_interval)
+            for reply in list(self.inflight):
+                try:
+                    await nc.publish(reply, b"", headers=self._keepalive_headers)
+                except nats.errors.Error:
+                    break  # disconnected: the next tick tries again
+
+
+class Service:
+    """One served subject in one process."""
+
+    def __init__(
+        self, bus: Bus, subject: str, handler: Handler, *, queue: str, max_concurrency: int
+    ) -> None:
+        self.bus = bus
+        self.subject = subject
+        self.queue = queue
+        self.handler = handler
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._sub = await self.bus.nc.subscribe(self.subject, queue=self.queue, cb=self._on_request)
+        await self.bus.nc.flush()  # the server knows the subscription before serve() returns
+
+    async def stop(self, *, timeout: float = 10.0) -> None:
+        """Take no new requests, then wait (bounded) for the calls in flight to finish."""
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+        if self in self.bus._services:
+            self.bus._services.remove(self)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def _on_request(self, msg: Msg) -> None:
+        if not msg.reply:
+            logger.warning("dropping a message on %s without a reply subject", msg.subject)
+            return
+        nc = self.bus.nc
+        if len(msg.data) > self.bus.max_payload:
+            await self._send_error(
+                msg.reply,
+                PayloadTooLarge(
+                    f"message of {len(msg.data)} bytes exceeds the limit of "
+                    f"{self.bus.max_payload} bytes",
+                    details={"size": len(msg.data), "limit": self.bus.max_payload},
+                ),
+            )
+            return
+        await self._slots.acquire()  # bounded concurrency: backpressure on this subscription
+        control = self.bus._control
+        await nc.publish(msg.reply, b"", headers=control._ack_headers)
+        hdrs = msg.headers or {}
+        request = Request(
+            subject=msg.subject,
+            data=msg.data,
+            headers=hdrs,
+            reply=msg.reply,
+            instance_id=self.bus.instance_id,
+            stream=hdrs.get(H_STREAM) == "1",
+        )
+        task = asyncio.get_running_loop().create_task(self._run(request))
+        control.inflight[msg.reply] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, request: Request) -> None:
+        nc = self.bus.nc
+        reply = request.reply
+        token = None
+        if "traceparent" in request.headers:
+            token = otel_context.attach(propagate.extract(request.headers))
+        try:
+            with tracer.start_as_current_span(f"serve {self.subject}", kind=trace.SpanKind.SERVER):
+                result = await self.handler(request)
+                if isinstance(result, bytes | bytearray | memoryview):
+                    await nc.publish(reply, bytes(result), headers={H_KIND: Kind.RESULT.value})
+                else:
+                    await self._stream(reply, result)
+        except asyncio.CancelledError:
+            # Cancelled by the caller (or by shutdown): tell the caller, if it still listens.
+            await self._send_error(reply, Cancelled("the call was cancelled"))
+        except MeshError as exc:
+            await self._send_error(reply, exc)
+        except Exception as exc:  # the transport boundary: a handler bug becomes an error reply
+            logger.exception("handler for %s failed", self.subject)
+            await self._send_error(reply, RemoteError(f"{type(exc).__name__}: {exc}"))
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+            self.bus._control.inflight.pop(reply, None)
+            self._slots.release()
+
+    async def _stream(self, reply: str, chunks: AsyncIterator[bytes]) -> None:
+        nc = self.bus.nc
+        seq = 0
+        async for chunk in chunks:
+            seq += 1
+            await nc.publish(reply, chunk, headers={H_KIND: Kind.CHUNK.value, H_SEQ: str(seq)})
+        await nc.publish(reply, b"", headers={H_KIND: Kind.RESULT.value, H_SEQ: str(seq + 1)})
+
+    async def _send_error(self, reply: str, exc: MeshError) -> None:
+        try:
+            await self.bus.nc.publish(
+                reply, encode(exc.to_info()), headers={H_KIND: Kind.ERROR.value}
+            )
+        except (nats.errors.Error, OSError):
+            logger.debug("could not send error reply to %s", reply)
