@@ -38,6 +38,7 @@ from broker.types import (
     H_KIND,
     H_STREAM,
     H_TIMEOUT,
+    TERMINAL,
     Frame,
     Handler,
     Kind,
@@ -56,7 +57,17 @@ _NO_RESPONDERS = "503"
 class _Call:
     """One outstanding call: frames arrive through the muxed inbox into a queue."""
 
-    __slots__ = ("subject", "reply", "queue", "instance", "last_seen", "dead", "timer", "span")
+    __slots__ = (
+        "subject",
+        "reply",
+        "queue",
+        "instance",
+        "last_seen",
+        "dead",
+        "ended",
+        "timer",
+        "span",
+    )
 
     def __init__(self, subject: str, reply: str) -> None:
         self.subject = subject
@@ -65,6 +76,7 @@ class _Call:
         self.instance: str | None = None
         self.last_seen = time.monotonic()
         self.dead = False
+        self.ended = False  # the responder sent a terminal frame (or nobody was there)
         self.timer: asyncio.TimerHandle | None = None
         self.span: trace.Span | None = None
 
@@ -202,18 +214,13 @@ class Bus:
         `subject`, `MeshTimeout` at the deadline, `Unavailable` when the responder went silent.
         """
         call = await self._start(subject, data, headers, timeout, stream=False)
-        done = False
         try:
             while True:
                 frame = await self._next(call)
                 if frame.kind is Kind.RESULT:
-                    done = True
                     return frame
-        except MeshError:
-            done = True
-            raise
         finally:
-            await self._finish(call, done)
+            await self._finish(call)
 
     async def stream(
         self,
@@ -228,20 +235,14 @@ class Bus:
         Leaving the iteration early (break, cancel) cancels the call at the responder.
         """
         call = await self._start(subject, data, headers, timeout, stream=True)
-        done = False
         try:
             while True:
                 frame = await self._next(call)
-                if frame.kind is Kind.RESULT:
-                    done = True
-                    yield frame
-                    return
                 yield frame
-        except MeshError:
-            done = True
-            raise
+                if frame.kind is Kind.RESULT:
+                    return
         finally:
-            await self._finish(call, done)
+            await self._finish(call)
 
     async def _start(
         self,
@@ -274,25 +275,28 @@ class Bus:
         try:
             await self.nc.publish(subject, data, reply=call.reply, headers=hdrs)
         except BaseException:
-            await self._finish(call, True)
+            call.ended = True
+            await self._finish(call)
             raise
         return call
 
     async def _next(self, call: _Call) -> Frame:
         item = await call.queue.get()
         if isinstance(item, MeshError):
-            raise item
-        if item.kind is Kind.ERROR:
-            raise error_from_info(decode(item.data, ErrorInfo))
+            raise item  # local: timeout, silent responder, nobody serving, connection closed
+        if item.kind in TERMINAL:
+            call.ended = True
+            if item.kind is Kind.ERROR:
+                raise error_from_info(decode(item.data, ErrorInfo))
         return item
 
-    async def _finish(self, call: _Call, done: bool) -> None:
+    async def _finish(self, call: _Call) -> None:
         self._calls.pop(call.reply[self._inbox_len :], None)
         if call.timer is not None:
             call.timer.cancel()
         if call.span is not None:
             call.span.end()
-        if not done:  # timed out, or the caller cancelled or stopped iterating
+        if not call.ended:  # timed out, went silent, or the caller cancelled or stopped
             await self._send_cancel(call)
 
     async def _send_cancel(self, call: _Call) -> None:
@@ -313,6 +317,7 @@ class Bus:
         call.last_seen = time.monotonic()
         if kind is None:
             if hdrs.get(_STATUS) == _NO_RESPONDERS:
+                call.ended = True
                 call.fail(
                     AgentNotFound(
                         f"nothing is serving {call.subject} right now",

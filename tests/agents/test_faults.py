@@ -1,0 +1,156 @@
+"""Crashes and restarts: a replica SIGKILLed mid-call, Redis restarted, NATS restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agents.agent import Agent
+from agents.client import MeshClient
+from agents.context import Context
+from broker.errors import MeshError, Unavailable
+from broker.servers import NatsServer, RedisServer
+from broker.settings import Settings
+from schemas.agent import PresenceEvent, PresenceStatus
+from schemas.codec import decode
+from schemas.envelope import Message
+from tests.agents.conftest import StartAgent
+
+AGENTMESH = str(Path(sys.executable).parent / "agentmesh")
+
+
+@pytest.fixture
+async def events(mesh: MeshClient) -> AsyncIterator[asyncio.Queue[PresenceEvent]]:
+    """Presence events of this test's mesh, as they are published."""
+    queue: asyncio.Queue[PresenceEvent] = asyncio.Queue()
+
+    async def on_event(msg) -> None:  # type: ignore[no-untyped-def]
+        queue.put_nowait(decode(msg.data, PresenceEvent))
+
+    sub = await mesh.bus.nc.subscribe(mesh.bus.subjects.presence_events(), cb=on_event)
+    yield queue
+    await sub.unsubscribe()
+
+
+async def next_event(queue: asyncio.Queue[PresenceEvent], **match: object) -> PresenceEvent:
+    while True:
+        event = await queue.get()
+        if all(getattr(event, k) == v for k, v in match.items()):
+            return event
+
+
+async def test_a_replica_killed_mid_call_fails_the_call_and_drops_out_of_presence(
+    settings: Settings,
+    env_for: dict[str, str],
+    mesh: MeshClient,
+    start_agent: StartAgent,
+    events: asyncio.Queue[PresenceEvent],
+) -> None:
+    probe = Agent("probe")
+    blocked_on: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    @probe.handler
+    async def on_probe(msg: Message, ctx: Context) -> str:
+        blocked_on.set_result(msg.text)
+        return "ok"
+
+    await start_agent(probe)
+    proc = await asyncio.create_subprocess_exec(
+        AGENTMESH,
+        "agent",
+        "run",
+        "tests.agents.replica:agent",
+        env=env_for,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(15):
+            online = await next_event(events, agent_id="replica", event=PresenceStatus.ONLINE)
+            call = asyncio.create_task(mesh.ask("replica", "block", timeout=30))
+            assert await blocked_on == online.instance_id
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            # Three missed keep-alives (0.6 s here), not the 30 s timeout.
+            with pytest.raises(Unavailable) as err:
+                await call
+            assert err.value.details["instance_id"] == online.instance_id
+            # The live probe's heartbeat sweeps the dead instance once its timeout passes.
+            gone = await next_event(
+                events, instance_id=online.instance_id, event=PresenceStatus.OFFLINE
+            )
+            assert gone.reason == "heartbeat timeout"
+        assert await mesh.agent("replica") is None
+        # A new replica takes over and the same call succeeds.
+        survivor = Agent("replica")
+        survivor.handler(lambda msg, ctx: f"survivor:{msg.text}")
+        await start_agent(survivor)
+        assert (await mesh.ask("replica", "again")).text == "survivor:again"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.fixture
+def on_own_servers(settings: Settings, own_nats: NatsServer, own_redis: RedisServer) -> Settings:
+    return settings.with_(nats_url=own_nats.url, redis_url=own_redis.url)
+
+
+async def test_presence_comes_back_within_a_heartbeat_after_redis_restarts(
+    on_own_servers: Settings,
+    own_redis: RedisServer,
+    start_agent: StartAgent,
+) -> None:
+    settings = on_own_servers
+    agent = Agent("steady", capabilities=["x"])
+    agent.handler(lambda msg, ctx: "ok")
+    await start_agent(agent, settings_=settings)
+    async with MeshClient.connect(settings) as mesh:
+        came_back = asyncio.Event()
+
+        async def on_event(msg) -> None:  # type: ignore[no-untyped-def]
+            if decode(msg.data, PresenceEvent).event is PresenceStatus.ONLINE:
+                came_back.set()
+
+        sub = await mesh.bus.nc.subscribe(mesh.bus.subjects.presence_events("steady"), cb=on_event)
+        assert await mesh.agent("steady") is not None
+        await asyncio.to_thread(own_redis.stop)
+        await asyncio.to_thread(own_redis.start)  # empty: no persistence
+        # The next heartbeat re-creates the record and announces the instance as new again.
+        async with asyncio.timeout(settings.heartbeat_interval * 10):
+            await came_back.wait()
+        found = await mesh.agent("steady")
+        assert found is not None and found.capabilities == ["x"]
+        assert (await mesh.ask("steady", "hi")).text == "ok"
+        await sub.unsubscribe()
+
+
+async def test_agents_reconnect_and_serve_after_nats_restarts(
+    on_own_servers: Settings,
+    own_nats: NatsServer,
+    start_agent: StartAgent,
+) -> None:
+    settings = on_own_servers
+    agent = Agent("phoenix")
+    agent.handler(lambda msg, ctx: f"up:{msg.text}")
+    await start_agent(agent, settings_=settings)
+    async with MeshClient.connect(settings) as mesh:
+        assert (await mesh.ask("phoenix", "1")).text == "up:1"
+        await asyncio.to_thread(own_nats.stop)
+        await asyncio.to_thread(own_nats.start)
+        # Both sides reconnect on their own; retry until the call goes through.
+        async with asyncio.timeout(15):
+            while True:
+                try:
+                    reply = await mesh.ask("phoenix", "2", timeout=0.5)
+                    break
+                except MeshError:
+                    continue
+        assert reply.text == "up:2"
