@@ -217,7 +217,7 @@ class Agent:
                     "conversation_id": value.conversation_id or msg.conversation_id,
                 }
             )
-        return Message(
+        return Message.model_construct(
             from_agent_id=self.agent_id,
             to_agent_id=msg.from_agent_id,
             conversation_id=msg.conversation_id,

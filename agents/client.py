@@ -35,7 +35,7 @@ def make_message(
         if conversation_id is not None:
             updates["conversation_id"] = conversation_id
         return content.model_copy(update=updates)
-    return Message(
+    return Message.model_construct(
         from_agent_id=sender,
         to_agent_id=target,
         conversation_id=conversation_id,

@@ -32,12 +32,12 @@ from broker.errors import (
 )
 from broker.settings import Settings
 from broker.subjects import Subjects
+from broker.tracing import tracing_enabled
 from broker.types import (
     H_CALL,
     H_INSTANCE,
     H_KIND,
     H_STREAM,
-    H_TIMEOUT,
     TERMINAL,
     Frame,
     Handler,
@@ -258,12 +258,12 @@ class Bus:
         token = format(next(self._tokens), "x")
         call = _Call(subject, f"{self._inbox}.{token}")
         hdrs = dict(headers) if headers else {}
-        hdrs[H_TIMEOUT] = str(int(timeout * 1000))
         if stream:
             hdrs[H_STREAM] = "1"
-        # The span is not made current: a call may outlive the context it started in.
-        call.span = tracer.start_span(f"call {subject}", kind=trace.SpanKind.CLIENT)
-        propagate.inject(hdrs, context=trace.set_span_in_context(call.span))
+        if tracing_enabled():
+            # The span is not made current: a call may outlive the context it started in.
+            call.span = tracer.start_span(f"call {subject}", kind=trace.SpanKind.CLIENT)
+            propagate.inject(hdrs, context=trace.set_span_in_context(call.span))
         call.timer = asyncio.get_running_loop().call_later(
             timeout,
             call.fail,
@@ -273,7 +273,7 @@ class Bus:
         )
         self._calls[token] = call
         try:
-            await self.nc.publish(subject, data, reply=call.reply, headers=hdrs)
+            await self.nc.publish(subject, data, reply=call.reply, headers=hdrs or None)
         except BaseException:
             call.ended = True
             await self._finish(call)
@@ -312,9 +312,12 @@ class Bus:
         call = self._calls.get(msg.subject[self._inbox_len :])
         if call is None:
             return  # a late frame for a call that already ended
-        hdrs = msg.headers or {}
-        kind = hdrs.get(H_KIND)
         call.last_seen = time.monotonic()
+        hdrs = msg.headers
+        if not hdrs:  # a reply without headers is a result (also what a plain NATS reply is)
+            call.queue.put_nowait(Frame(Kind.RESULT, msg.data, {}))
+            return
+        kind = hdrs.get(H_KIND)
         if kind is None:
             if hdrs.get(_STATUS) == _NO_RESPONDERS:
                 call.ended = True
@@ -324,9 +327,8 @@ class Bus:
                         details={"subject": call.subject},
                     )
                 )
-            else:
-                logger.debug("ignoring a frame without %s on %s", H_KIND, msg.subject)
-            return
+                return
+            kind = Kind.RESULT
         if kind == Kind.ACK:
             call.instance = hdrs.get(H_INSTANCE)
             return

@@ -18,6 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 from broker.errors import Cancelled, MeshError, PayloadTooLarge, RemoteError
+from broker.tracing import tracing_enabled
 from broker.types import H_CALL, H_INSTANCE, H_KIND, H_SEQ, H_STREAM, Handler, Kind, Request
 from schemas.codec import encode
 
@@ -53,6 +54,11 @@ class Control:
                 await sub.unsubscribe()
             except nats.errors.Error:
                 pass  # connection already closing
+
+    def ack_if_running(self, task: asyncio.Task[None], reply: str) -> None:
+        if not task.done():
+            ack = self.bus.nc.publish(reply, b"", headers=self._ack_headers)
+            asyncio.get_running_loop().create_task(ack)
 
     async def _on_control(self, msg: Msg) -> None:
         hdrs = msg.headers or {}
@@ -128,7 +134,6 @@ class Service:
             return
         await self._slots.acquire()  # bounded concurrency: backpressure on this subscription
         control = self.bus._control
-        await nc.publish(msg.reply, b"", headers=control._ack_headers)
         hdrs = msg.headers or {}
         request = Request(
             subject=msg.subject,
@@ -138,24 +143,30 @@ class Service:
             instance_id=self.bus.instance_id,
             stream=hdrs.get(H_STREAM) == "1",
         )
-        task = asyncio.get_running_loop().create_task(self._run(request))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._run(request))
         control.inflight[msg.reply] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # Runs after the task's first step: a handler that answered at once needs no ack.
+        loop.call_soon(control.ack_if_running, task, msg.reply)
 
     async def _run(self, request: Request) -> None:
         nc = self.bus.nc
         reply = request.reply
-        token = None
+        token = span = None
         if "traceparent" in request.headers:
             token = otel_context.attach(propagate.extract(request.headers))
+        if token is not None or tracing_enabled():
+            span = tracer.start_span(f"serve {self.subject}", kind=trace.SpanKind.SERVER)
+            token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            with tracer.start_as_current_span(f"serve {self.subject}", kind=trace.SpanKind.SERVER):
-                result = await self.handler(request)
-                if isinstance(result, bytes | bytearray | memoryview):
-                    await nc.publish(reply, bytes(result), headers={H_KIND: Kind.RESULT.value})
-                else:
-                    await self._stream(reply, result)
+            result = await self.handler(request)
+            if isinstance(result, bytes):
+                # A reply without Mesh-Kind is a result: the common frame needs no headers.
+                await nc.publish(reply, result)
+            else:
+                await self._stream(reply, result)
         except asyncio.CancelledError:
             # Cancelled by the caller (or by shutdown): tell the caller, if it still listens.
             await self._send_error(reply, Cancelled("the call was cancelled"))
@@ -165,6 +176,8 @@ class Service:
             logger.exception("handler for %s failed", self.subject)
             await self._send_error(reply, RemoteError(f"{type(exc).__name__}: {exc}"))
         finally:
+            if span is not None:
+                span.end()
             if token is not None:
                 otel_context.detach(token)
             self.bus._control.inflight.pop(reply, None)
@@ -176,7 +189,7 @@ class Service:
         async for chunk in chunks:
             seq += 1
             await nc.publish(reply, chunk, headers={H_KIND: Kind.CHUNK.value, H_SEQ: str(seq)})
-        await nc.publish(reply, b"", headers={H_KIND: Kind.RESULT.value, H_SEQ: str(seq + 1)})
+        await nc.publish(reply, b"", headers={H_KIND: Kind.RESULT.value})
 
     async def _send_error(self, reply: str, exc: MeshError) -> None:
         try:

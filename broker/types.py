@@ -11,10 +11,12 @@ from enum import StrEnum
 class Kind(StrEnum):
     """The `Mesh-Kind` header of every frame a responder or caller sends after a request."""
 
-    ACK = "ack"  # first reply: the responder took the call; `Mesh-Instance` names it
+    ACK = "ack"  # the responder took the call (`Mesh-Instance` names it); omitted when the
+    # responder answers within its first step, so only calls that take time carry one
     KEEPALIVE = "keepalive"  # still working; sent every keepalive interval
     CHUNK = "chunk"  # one piece of a stream, `Mesh-Seq` 1, 2, 3, ...
-    RESULT = "result"  # terminal: success (body is the reply; empty after a stream)
+    RESULT = "result"  # terminal: success (body is the reply; empty after a stream).
+    # A reply frame with no Mesh-Kind header is a result too: the common case costs no headers.
     ERROR = "error"  # terminal: failure (body is an ErrorInfo)
     CANCEL = "cancel"  # caller → responder's control subject: stop the call `Mesh-Call`
 
@@ -25,7 +27,6 @@ H_INSTANCE = "Mesh-Instance"
 H_SEQ = "Mesh-Seq"
 H_STREAM = "Mesh-Stream"  # "1" on a request: the caller wants chunks as they come
 H_CALL = "Mesh-Call"  # on a cancel: the reply subject of the call to stop
-H_TIMEOUT = "Mesh-Timeout"  # on a request: the caller's remaining patience, milliseconds
 TERMINAL = frozenset({Kind.RESULT, Kind.ERROR})
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import builtins
+import os
 import time
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 def new_id(prefix: str = "msg") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:20]}"
+    return f"{prefix}-{os.urandom(10).hex()}"
 
 
 class TextPart(BaseModel):
@@ -62,7 +62,7 @@ def to_parts(value: Any) -> list[Any]:
     if value is None:
         return []
     if isinstance(value, str):
-        return [TextPart(text=value)]
+        return [TextPart.model_construct(text=value)]  # nothing to validate in a str
     if isinstance(value, TextPart | DataPart | FilePart):
         return [value]
     if isinstance(value, bytes):
