@@ -87,7 +87,7 @@ return out
 
 
 class PresenceRegistry:
-    """Register, heartbeat, deregister, list and get agents. Shared by SDK agents and the gateway."""
+    """Register, heartbeat, deregister, list and get agents (SDK agents and gateway alike)."""
 
     def __init__(
         self, redis: aioredis.Redis, subjects: Subjects, *, heartbeat_timeout: float

@@ -121,7 +121,6 @@ class Service:
         if not msg.reply:
             logger.warning("dropping a message on %s without a reply subject", msg.subject)
             return
-        nc = self.bus.nc
         if len(msg.data) > self.bus.max_payload:
             await self._send_error(
                 msg.reply,

@@ -318,3 +318,33 @@ async def test_an_agent_delegates_to_another_within_the_same_conversation(
 async def test_an_agent_without_a_handler_refuses_to_start(settings: Settings) -> None:
     with pytest.raises(RuntimeError, match="no handler"):
         await Agent("lazy").start(settings)
+
+
+async def test_stopping_an_agent_finishes_the_calls_in_flight_then_leaves(
+    mesh: MeshClient, settings: Settings
+) -> None:
+    agent = Agent("draining")
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @agent.handler
+    async def handle(msg: Message, ctx: Context) -> str:
+        started.set()
+        await release.wait()
+        return "finished"
+
+    await agent.start(settings)
+    call = asyncio.create_task(mesh.ask("draining", "work"))
+    async with asyncio.timeout(2):
+        await started.wait()
+    stopping = asyncio.create_task(agent.stop())
+    async with asyncio.timeout(2):
+        # Presence is left first, so no new caller is routed here ...
+        while await mesh.agent("draining") is not None:  # noqa: ASYNC110 - state in Redis
+            await asyncio.sleep(0.01)
+    assert not stopping.done()  # ... while the call in flight is still running
+    release.set()
+    async with asyncio.timeout(2):
+        assert (await call).text == "finished"
+        await stopping
+    with pytest.raises(AgentNotFound):
+        await mesh.ask("draining", "anyone?")
