@@ -1,0 +1,255 @@
+"""`agentmesh up`, run as a real process: it starts nats-server, redis-server and the echo agent,
+and stops all of them on Ctrl-C (SIGINT) or SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from broker.servers import free_port, port_in_use, process_alive
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def clean_env(**urls: str) -> dict[str, str]:
+    """os.environ without AGENTMESH_* (so the default prefix is used), plus `urls`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH_")}
+    env.update(urls)
+    return env
+
+
+def two_free_ports() -> tuple[int, int]:
+    first = free_port()
+    second = free_port()
+    while second == first:
+        second = free_port()
+    return first, second
+
+
+class Up:
+    """A running `agentmesh up`; its stdout and stderr are read line by line by a thread."""
+
+    def __init__(self, exe: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [exe, "up", *args],
+            cwd=ROOT,
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float = START_TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self._queue.get(timeout=max(remaining, 0))
+            except queue.Empty:
+                pytest.fail(
+                    f"no line with {text!r} from `agentmesh up` in {timeout}s:\n{self.output}"
+                )
+            if line is None:
+                self._queue.put(None)  # later readers see the end too
+                pytest.fail(f"`agentmesh up` ended before printing {text!r}:\n{self.output}")
+            self.lines.append(line)
+            if text in line:
+                return line
+
+    def wait_for_banner(self) -> str:
+        self.wait_for_line("Ctrl-C")
+        return self.output
+
+    def wait_for_exit(self, timeout: float = STOP_TIMEOUT) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`agentmesh up` did not exit within {timeout}s:\n{self.output}")
+        self._reader.join(timeout)
+        while (line := self._queue.get_nowait()) is not None:
+            self.lines.append(line)
+        return code
+
+    def close(self) -> None:
+        """Stop it the way a user would (so it stops its servers), killing it if that hangs."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(STOP_TIMEOUT)
+
+
+@dataclass
+class Mesh:
+    up: Up
+    nats_port: int
+    redis_port: int
+    data_dir: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return clean_env(
+            AGENTMESH_NATS_URL=f"nats://127.0.0.1:{self.nats_port}",
+            AGENTMESH_REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+        )
+
+    def server_pids(self) -> tuple[int, int]:
+        banner = self.up.output
+        nats = re.search(r"^\s*NATS .*\(.*pid (\d+)\)", banner, re.MULTILINE)
+        redis = re.search(r"^\s*Redis .*\(pid (\d+)\)", banner, re.MULTILINE)
+        assert nats and redis, f"no server pids in the banner:\n{banner}"
+        return int(nats.group(1)), int(redis.group(1))
+
+
+@contextmanager
+def start_mesh(exe: str, tmp_path: Path, *args: str) -> Iterator[Mesh]:
+    nats_port, redis_port = two_free_ports()
+    data_dir = tmp_path / "mesh"
+    up = Up(
+        exe,
+        "--nats-port",
+        str(nats_port),
+        "--redis-port",
+        str(redis_port),
+        "--data-dir",
+        str(data_dir),
+        *args,
+    )
+    try:
+        up.wait_for_banner()
+        yield Mesh(up, nats_port, redis_port, data_dir)
+    finally:
+        up.close()
+
+
+@pytest.fixture
+def mesh(agentmesh_exe: str, tmp_path: Path) -> Iterator[Mesh]:
+    with start_mesh(agentmesh_exe, tmp_path) as running:
+        yield running
+
+
+def send(exe: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [exe, "send", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_up_serves_echo_then_a_signal_stops_both_servers_and_frees_their_ports(
+    agentmesh_exe: str, mesh: Mesh, sig: signal.Signals
+) -> None:
+    result = send(agentmesh_exe, mesh.env, "echo", "hi")
+    assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
+
+    nats_pid, redis_pid = mesh.server_pids()
+    assert process_alive(nats_pid) and process_alive(redis_pid)
+    assert port_in_use(mesh.nats_port) and port_in_use(mesh.redis_port)
+
+    mesh.up.proc.send_signal(sig)  # what Ctrl-C (SIGINT) or a process manager (SIGTERM) sends
+    code = mesh.up.wait_for_exit()
+
+    assert code == 0, mesh.up.output
+    assert "stopping the local mesh" in mesh.up.output
+    assert "Traceback" not in mesh.up.output
+    assert not process_alive(nats_pid), "nats-server outlived `agentmesh up`"
+    assert not process_alive(redis_pid), "redis-server outlived `agentmesh up`"
+    assert not port_in_use(mesh.nats_port)
+    assert not port_in_use(mesh.redis_port)
+
+
+def test_the_servers_exit_when_up_is_killed_without_a_chance_to_stop_them(mesh: Mesh) -> None:
+    nats_pid, redis_pid = mesh.server_pids()
+    mesh.up.proc.kill()
+    mesh.up.wait_for_exit()
+    # The kernel tells each server to exit when its parent dies (PR_SET_PDEATHSIG).
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while process_alive(nats_pid) or process_alive(redis_pid):
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"servers outlived a killed `agentmesh up`: nats-server alive "
+                f"{process_alive(nats_pid)}, redis-server alive {process_alive(redis_pid)}"
+            )
+        time.sleep(0.02)
+
+
+def test_the_banner_gives_both_urls_the_echo_agent_and_how_to_attach_an_agent(
+    mesh: Mesh,
+) -> None:
+    banner = mesh.up.output
+    assert f"NATS   nats://127.0.0.1:{mesh.nats_port}  (JetStream on, pid " in banner
+    assert f"Redis  redis://127.0.0.1:{mesh.redis_port}/0  (pid " in banner
+    assert f"data {mesh.data_dir}" in banner
+    assert "  agents echo\n" in banner
+    assert "agentmesh send echo" in banner
+    assert "agentmesh agent run mymodule:agent" in banner
+
+
+def test_up_with_no_echo_starts_no_agent(agentmesh_exe: str, tmp_path: Path) -> None:
+    with start_mesh(agentmesh_exe, tmp_path, "--no-echo") as mesh:
+        assert "  agents -\n" in mesh.up.output
+        result = send(agentmesh_exe, mesh.env, "echo", "hi")
+        assert result.returncode == 1
+        assert "AGENT_NOT_FOUND" in result.stderr
+
+
+@pytest.mark.parametrize("busy", ["nats", "redis"])
+def test_up_on_a_port_in_use_exits_1_naming_the_port_and_leaves_no_server_behind(
+    agentmesh_exe: str, tmp_path: Path, busy: str
+) -> None:
+    nats_port, redis_port = two_free_ports()
+    busy_port, other_port = (nats_port, redis_port) if busy == "nats" else (redis_port, nats_port)
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", busy_port))
+        blocker.listen()
+        up = Up(
+            agentmesh_exe,
+            "--nats-port",
+            str(nats_port),
+            "--redis-port",
+            str(redis_port),
+            "--data-dir",
+            str(tmp_path / "mesh"),
+        )
+        try:
+            code = up.wait_for_exit(START_TIMEOUT)
+        finally:
+            up.close()
+
+    assert code == 1, up.output
+    assert f"port {busy_port} is already in use" in up.output
+    assert "Traceback" not in up.output
+    assert "is running" not in up.output  # no banner
+    # With Redis's port taken, nats-server was already up: it must have been stopped again.
+    assert not port_in_use(other_port)

@@ -1,0 +1,51 @@
+"""The public API of the `agentmesh` facade, pinned: a change to it must change this test."""
+
+from __future__ import annotations
+
+import agentmesh
+
+
+def test_all_is_the_pinned_sorted_list_of_exported_names() -> None:
+    assert agentmesh.__all__ == [
+        "Agent",
+        "AgentCard",
+        "AgentNotFound",
+        "Cancelled",
+        "Chunk",
+        "ConnectionFailed",
+        "Context",
+        "DataPart",
+        "ErrorCode",
+        "FilePart",
+        "ImagePart",
+        "InvalidId",
+        "InvalidMessage",
+        "MeshClient",
+        "MeshError",
+        "MeshTimeout",
+        "Message",
+        "PayloadTooLarge",
+        "Presence",
+        "RateLimited",
+        "RemoteError",
+        "Settings",
+        "TextPart",
+        "Unauthorized",
+        "Unavailable",
+        "__version__",
+    ]
+
+
+def test_every_name_in_all_is_an_attribute_of_the_package() -> None:
+    missing = [name for name in agentmesh.__all__ if not hasattr(agentmesh, name)]
+    assert missing == []
+
+
+def test_every_public_attribute_of_the_package_is_in_all() -> None:
+    # Names defined in the facade but left out of __all__ would be public by accident.
+    public = {
+        name
+        for name, value in vars(agentmesh).items()
+        if not name.startswith("_") and not isinstance(value, type(agentmesh))
+    }
+    assert public - set(agentmesh.__all__) == set()
