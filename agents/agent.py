@@ -30,7 +30,7 @@ from broker.settings import Settings
 from broker.subjects import validate_id
 from broker.types import Request
 from schemas.agent import AgentCard, InstanceInfo, Owner
-from schemas.codec import decode, encode
+from schemas.codec import decode, encode, encode_message
 from schemas.envelope import Chunk, Message, TextPart, to_parts
 
 logger = logging.getLogger(__name__)
@@ -202,26 +202,28 @@ class Agent:
             parts: list[Any] = []
             async for item in chunks:
                 parts.extend(to_parts(item))
-            return encode(self._reply(msg, _merge_text(parts)))
+            return self._reply(msg, _merge_text(parts))
         value = fn(msg, ctx)
         if inspect.isawaitable(value):
             value = await value
-        return encode(self._reply(msg, value))
+        return self._reply(msg, value)
 
-    def _reply(self, msg: Message, value: Any) -> Message:
+    def _reply(self, msg: Message, value: Any) -> bytes:
         if isinstance(value, Message):
-            return value.model_copy(
-                update={
-                    "from_agent_id": value.from_agent_id or self.agent_id,
-                    "to_agent_id": value.to_agent_id or msg.from_agent_id,
-                    "conversation_id": value.conversation_id or msg.conversation_id,
-                }
+            return encode(
+                value.model_copy(
+                    update={
+                        "from_agent_id": value.from_agent_id or self.agent_id,
+                        "to_agent_id": value.to_agent_id or msg.from_agent_id,
+                        "conversation_id": value.conversation_id or msg.conversation_id,
+                    }
+                )
             )
-        return Message.model_construct(
+        return encode_message(
+            value,
             from_agent_id=self.agent_id,
             to_agent_id=msg.from_agent_id,
             conversation_id=msg.conversation_id,
-            content=to_parts(value),
         )
 
 

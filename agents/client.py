@@ -16,31 +16,32 @@ from broker.settings import Settings
 from broker.subjects import validate_id
 from broker.types import Kind
 from schemas.agent import Presence
-from schemas.codec import decode, encode
-from schemas.envelope import Chunk, Message, to_parts
+from schemas.codec import decode, encode, encode_message
+from schemas.envelope import Chunk, Message
 
 
-def make_message(
+def encode_request(
     content: Any,
     *,
     sender: str | None,
     target: str,
     conversation_id: str | None,
     metadata: dict[str, Any] | None,
-) -> Message:
+) -> bytes:
+    """The request body for `content`: text, data, parts, or a whole `Message`."""
     if isinstance(content, Message):
         updates: dict[str, Any] = {"to_agent_id": target}
         if content.from_agent_id is None:
             updates["from_agent_id"] = sender
         if conversation_id is not None:
             updates["conversation_id"] = conversation_id
-        return content.model_copy(update=updates)
-    return Message.model_construct(
+        return encode(content.model_copy(update=updates))
+    return encode_message(
+        content,
         from_agent_id=sender,
         to_agent_id=target,
         conversation_id=conversation_id,
-        content=to_parts(content),
-        metadata=metadata or {},
+        metadata=metadata,
     )
 
 
@@ -97,7 +98,7 @@ class MeshClient:
             MeshError: whatever error the agent replied with.
         """
         subject = self.bus.subjects.agent(agent_id)
-        msg = make_message(
+        body = encode_request(
             content,
             sender=self.sender_id,
             target=agent_id,
@@ -105,7 +106,7 @@ class MeshClient:
             metadata=metadata,
         )
         try:
-            frame = await self.bus.request(subject, encode(msg), timeout=timeout)
+            frame = await self.bus.request(subject, body, timeout=timeout)
         except AgentNotFound:
             raise _not_online(agent_id) from None
         return decode(frame.data, Message)
@@ -125,7 +126,7 @@ class MeshClient:
         Stopping the iteration early cancels the call at the agent.
         """
         subject = self.bus.subjects.agent(agent_id)
-        msg = make_message(
+        body = encode_request(
             content,
             sender=self.sender_id,
             target=agent_id,
@@ -133,7 +134,7 @@ class MeshClient:
             metadata=metadata,
         )
         try:
-            async with aclosing(self.bus.stream(subject, encode(msg), timeout=timeout)) as frames:
+            async with aclosing(self.bus.stream(subject, body, timeout=timeout)) as frames:
                 async for frame in frames:
                     if frame.kind is Kind.CHUNK:
                         yield decode(frame.data, Chunk)

@@ -33,7 +33,6 @@ class Context:
         self.message = message
         self.request = request
         self.mesh = mesh
-        self._task = asyncio.current_task()
 
     @property
     def conversation_id(self) -> str | None:
@@ -50,7 +49,9 @@ class Context:
 
     @property
     def cancelled(self) -> bool:
-        return self._task is not None and self._task.cancelling() > 0
+        """Whether this call was cancelled (read it from within the handler)."""
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
 
     async def ask(self, agent_id: str, content: Any, **kw: Any) -> Message:
         kw.setdefault("conversation_id", self.conversation_id)

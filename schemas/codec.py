@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, TypeVar
 
 import msgpack
 from pydantic import BaseModel, ValidationError
 
 from broker.errors import InvalidMessage
+from schemas.envelope import Message, new_id, to_parts
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -16,6 +18,44 @@ _packb = msgpack.Packer(use_bin_type=True).pack
 
 def encode(model: BaseModel) -> bytes:
     return _packb(model.model_dump(exclude_none=True))
+
+
+def encode_message(
+    content: Any,
+    *,
+    from_agent_id: str | None,
+    to_agent_id: str | None,
+    conversation_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> bytes:
+    """`encode(Message(..., content=to_parts(content)))`, with a fast path for plain text.
+
+    Text is what most calls carry; packing its dict directly skips building and dumping a model
+    (about 10 µs a message). The result decodes to the same `Message` (pinned by a test).
+    """
+    if not isinstance(content, str):
+        return encode(
+            Message(
+                from_agent_id=from_agent_id,
+                to_agent_id=to_agent_id,
+                conversation_id=conversation_id,
+                content=to_parts(content),
+                metadata=metadata or {},
+            )
+        )
+    body: dict[str, Any] = {
+        "content": [{"type": "text", "text": content}],
+        "metadata": dict(metadata) if metadata else {},
+        "message_id": new_id(),
+        "timestamp": time.time(),
+    }
+    if conversation_id is not None:
+        body["conversation_id"] = conversation_id
+    if from_agent_id is not None:
+        body["from_agent_id"] = from_agent_id
+    if to_agent_id is not None:
+        body["to_agent_id"] = to_agent_id
+    return _packb(body)
 
 
 def pack(value: Any) -> bytes:

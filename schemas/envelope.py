@@ -62,7 +62,7 @@ def to_parts(value: Any) -> list[Any]:
     if value is None:
         return []
     if isinstance(value, str):
-        return [TextPart.model_construct(text=value)]  # nothing to validate in a str
+        return [TextPart(text=value)]
     if isinstance(value, TextPart | DataPart | FilePart):
         return [value]
     if isinstance(value, bytes):

@@ -344,3 +344,27 @@ def test_an_unknown_code_on_the_wire_is_refused_as_an_invalid_error_body() -> No
     body = codec.pack({"code": "NOT_A_CODE", "message": "m"})
     with pytest.raises(InvalidMessage, match="code"):
         codec.decode(body, ErrorInfo)
+
+
+def test_the_text_fast_path_decodes_to_the_same_message_as_the_model_path() -> None:
+    for kw in (
+        {"from_agent_id": "a", "to_agent_id": "b"},
+        {"from_agent_id": None, "to_agent_id": "b", "conversation_id": "c-1"},
+        {"from_agent_id": "a", "to_agent_id": None, "metadata": {"k": [1, "v"]}},
+    ):
+        fast = codec.decode(codec.encode_message("héllo", **kw), Message)
+        slow = codec.decode(
+            codec.encode(
+                Message(
+                    content=[TextPart(text="héllo")],
+                    message_id=fast.message_id,
+                    timestamp=fast.timestamp,
+                    **{k: v for k, v in kw.items() if k != "metadata"},
+                    metadata=kw.get("metadata") or {},
+                )
+            ),
+            Message,
+        )
+        assert fast == slow
+        # Non-text content takes the model path and still round-trips.
+        assert codec.decode(codec.encode_message({"x": 1}, **kw), Message).data == {"x": 1}
