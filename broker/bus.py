@@ -102,6 +102,13 @@ class _Call:
                 self._waiter = None
         return self._items.popleft()
 
+    def time_out(self, timeout: float) -> None:
+        self.fail(
+            MeshTimeout(
+                f"no reply from {self.subject} within {timeout:g}s", details={"timeout": timeout}
+            )
+        )
+
     def fail(self, error: MeshError) -> None:
         if not self.dead:
             self.dead = True
@@ -286,13 +293,7 @@ class Bus:
             # The span is not made current: a call may outlive the context it started in.
             call.span = tracer.start_span(f"call {subject}", kind=trace.SpanKind.CLIENT)
             propagate.inject(hdrs, context=trace.set_span_in_context(call.span))
-        call.timer = asyncio.get_running_loop().call_later(
-            timeout,
-            call.fail,
-            MeshTimeout(
-                f"no reply from {subject} within {timeout:g}s", details={"timeout": timeout}
-            ),
-        )
+        call.timer = asyncio.get_running_loop().call_later(timeout, call.time_out, timeout)
         self._calls[token] = call
         try:
             await self.nc.publish(subject, data, reply=call.reply, headers=hdrs or None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import itertools
 import os
 import time
 from typing import Annotated, Any, Literal
@@ -10,8 +11,19 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+def _reseed() -> None:
+    global _ID_BASE, _ID_COUNTER
+    _ID_BASE = os.urandom(8).hex()
+    _ID_COUNTER = itertools.count(1)
+
+
+_reseed()
+os.register_at_fork(after_in_child=_reseed)  # a forked child must not repeat its parent's ids
+
+
 def new_id(prefix: str = "msg") -> str:
-    return f"{prefix}-{os.urandom(10).hex()}"
+    """A unique id: 64 random bits per process plus a counter (a syscall per id is measurable)."""
+    return f"{prefix}-{_ID_BASE}{next(_ID_COUNTER):x}"
 
 
 class TextPart(BaseModel):
