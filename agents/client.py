@@ -97,14 +97,7 @@ class MeshClient:
             MeshTimeout: no reply within `timeout` (default `Settings.request_timeout`).
             MeshError: whatever error the agent replied with.
         """
-        subject = self.bus.subjects.agent(agent_id)
-        body = encode_request(
-            content,
-            sender=self.sender_id,
-            target=agent_id,
-            conversation_id=conversation_id,
-            metadata=metadata,
-        )
+        subject, body = self._outgoing(agent_id, content, conversation_id, metadata)
         try:
             frame = await self.bus.request(subject, body, timeout=timeout)
         except AgentNotFound:
@@ -125,14 +118,7 @@ class MeshClient:
         An agent that answers with one value (not a stream) yields it as a single chunk.
         Stopping the iteration early cancels the call at the agent.
         """
-        subject = self.bus.subjects.agent(agent_id)
-        body = encode_request(
-            content,
-            sender=self.sender_id,
-            target=agent_id,
-            conversation_id=conversation_id,
-            metadata=metadata,
-        )
+        subject, body = self._outgoing(agent_id, content, conversation_id, metadata)
         try:
             async with aclosing(self.bus.stream(subject, body, timeout=timeout)) as frames:
                 async for frame in frames:
@@ -143,6 +129,23 @@ class MeshClient:
                         yield Chunk(content=reply.content, metadata=reply.metadata)
         except AgentNotFound:
             raise _not_online(agent_id) from None
+
+    def _outgoing(
+        self,
+        agent_id: str,
+        content: Any,
+        conversation_id: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> tuple[str, bytes]:
+        subject = self.bus.subjects.agent(agent_id)  # validates the id before anything is sent
+        body = encode_request(
+            content,
+            sender=self.sender_id,
+            target=agent_id,
+            conversation_id=conversation_id,
+            metadata=metadata,
+        )
+        return subject, body
 
     # Presence ------------------------------------------------------------------------------
     async def registry(self) -> PresenceRegistry:
