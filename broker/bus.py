@@ -130,6 +130,7 @@ class Bus:
         self._inbox_sub: Any = None
         self._watchdog: asyncio.Task[None] | None = None
         self._services: list[Any] = []
+        self.handled = 0  # requests served since the last take_handled(); see Heartbeat
         self._control: Any = None  # broker.service.Control, created with the first service
 
     # Connection ------------------------------------------------------------------------------
@@ -250,6 +251,29 @@ class Bus:
                     return frame
         finally:
             await self._finish(call)
+
+    async def deliver(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> str | None:
+        """Send a request and return once a responder took it, leaving the call running.
+
+        "Took it" is the first frame (ack, chunk or result); its later frames are dropped. An
+        error frame before that is raised. Returns the responder's instance id when it acked.
+        """
+        call = await self._start(subject, data, headers, timeout, stream=True)
+        try:
+            await self._next(call)
+        finally:
+            # Delivered (or failed): stop listening without cancelling the responder's work.
+            if not call.dead:
+                call.ended = True
+            await self._finish(call)
+        return call.instance
 
     async def stream(
         self,
@@ -379,6 +403,11 @@ class Bus:
                     )
 
     # Serving ---------------------------------------------------------------------------------
+    def take_handled(self) -> int:
+        """Requests served since the last call; heartbeats add them to the mesh-wide count."""
+        n, self.handled = self.handled, 0
+        return n
+
     async def serve(
         self, subject: str, handler: Handler, *, queue: str, max_concurrency: int | None = None
     ) -> Any:

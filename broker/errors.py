@@ -7,6 +7,7 @@
     ├── PayloadTooLarge          PAYLOAD_TOO_LARGE
     ├── MeshTimeout              TIMEOUT  (also a builtin TimeoutError)
     ├── Unauthorized             UNAUTHORIZED
+    │   └── Forbidden            UNAUTHORIZED  (authenticated, not allowed: HTTP 403)
     ├── RateLimited              RATE_LIMIT
     ├── Unavailable              UNAVAILABLE
     │   └── ConnectionFailed     UNAVAILABLE  (NATS or Redis cannot be reached)
@@ -128,3 +129,7 @@ def _retry_after(details: dict[str, Any]) -> float:
     except (TypeError, ValueError):
         return 0.0
     return value if math.isfinite(value) and value > 0 else 0.0
+
+
+class Forbidden(Unauthorized):
+    """Authenticated, but the key lacks the scope or permission (HTTP 403; code UNAUTHORIZED)."""

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# KEYS: agents, instances, instance info, card
-# ARGV: agent_id, instance_id, card JSON, info JSON, timeout seconds, key TTL ms
+# KEYS: agents, instances, instance info, card, message counter
+# ARGV: agent_id, instance_id, card JSON, info JSON, timeout seconds, key TTL ms, messages served
 _HEARTBEAT = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
@@ -50,6 +50,7 @@ redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
 redis.call('ZADD', KEYS[1], t, ARGV[1])
+if tonumber(ARGV[7]) > 0 then redis.call('INCRBY', KEYS[5], ARGV[7]) end
 local gone = {}
 for _, id in ipairs(stale) do if id ~= ARGV[2] then table.insert(gone, id) end end
 return {added, gone}
@@ -104,14 +105,16 @@ class PresenceRegistry:
         k = self.subjects.key
         return [k("agents"), k("instances", agent_id), k("instance", agent_id), k("card", agent_id)]
 
-    async def heartbeat(self, card: AgentCard, instance: InstanceInfo) -> tuple[bool, list[str]]:
-        """Announce `instance` of `card.agent_id` as alive now.
+    async def heartbeat(
+        self, card: AgentCard, instance: InstanceInfo, *, served: int = 0
+    ) -> tuple[bool, list[str]]:
+        """Announce `instance` of `card.agent_id` as alive now; add `served` to the mesh count.
 
         Returns (whether the instance is new, instance ids of this agent found dead).
         """
         info = instance.model_dump(exclude={"last_heartbeat"}, exclude_none=True)
         added, gone = await self._heartbeat(
-            keys=self._keys(card.agent_id),
+            keys=[*self._keys(card.agent_id), self.subjects.key("stats", "messages")],
             args=[
                 card.agent_id,
                 instance.instance_id,
@@ -119,6 +122,7 @@ class PresenceRegistry:
                 json.dumps(info),
                 self.timeout,
                 self._ttl_ms,
+                served,
             ],
         )
         return bool(added), [g.decode() for g in gone]
@@ -142,6 +146,10 @@ class PresenceRegistry:
 
     async def get(self, agent_id: str) -> Presence | None:
         return (await self._load([agent_id], time.time() - self.timeout))[0]
+
+    async def messages(self) -> int:
+        """Requests served by all instances of the mesh, as of their last heartbeats."""
+        return int(await self.redis.get(self.subjects.key("stats", "messages")) or 0)
 
     async def count(self) -> int:
         cutoff = time.time() - self.timeout
@@ -224,7 +232,12 @@ class Heartbeat:
             logger.warning("could not deregister %s: %s", self.card.agent_id, exc)
 
     async def beat(self) -> None:
-        added, gone = await self.registry.heartbeat(self.card, self.instance)
+        served = self.bus.take_handled()
+        try:
+            added, gone = await self.registry.heartbeat(self.card, self.instance, served=served)
+        except BaseException:
+            self.bus.handled += served  # counted at the next heartbeat instead
+            raise
         if added:
             await self._publish(
                 self.card.agent_id, self.instance.instance_id, PresenceStatus.ONLINE

@@ -146,6 +146,7 @@ class Service:
         task = loop.create_task(self._run(request))
         control.inflight[msg.reply] = task
         self._tasks.add(task)
+        self.bus.handled += 1
         task.add_done_callback(self._tasks.discard)
         # Runs after the task's first step: a handler that answered at once needs no ack.
         loop.call_soon(control.ack_if_running, task, msg.reply)

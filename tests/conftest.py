@@ -10,11 +10,13 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from agents.agent import Agent
+from agents.client import MeshClient
 from broker.servers import NatsServer, RedisServer
 from broker.settings import Settings
 
@@ -83,3 +85,27 @@ def env_for(settings: Settings) -> dict[str, str]:
         AGENTMESH_KEEPALIVE_INTERVAL=str(settings.keepalive_interval),
     )
     return env
+
+
+StartAgent = Callable[..., Awaitable[Agent]]
+
+
+@pytest.fixture
+async def mesh(settings: Settings) -> AsyncIterator[MeshClient]:
+    async with MeshClient.connect(settings, sender_id="tester") as client:
+        yield client
+
+
+@pytest.fixture
+async def start_agent(settings: Settings) -> AsyncIterator[StartAgent]:
+    """`await start_agent(agent)` starts it on this test's mesh; it is stopped afterwards."""
+    started: list[Agent] = []
+
+    async def start(agent: Agent, *, settings_: Settings | None = None) -> Agent:
+        await agent.start(settings_ or settings)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in reversed(started):
+        await agent.stop()

@@ -23,7 +23,7 @@ from broker.errors import (
 from broker.settings import Settings
 from schemas.envelope import DataPart, Message, TextPart
 from schemas.errors import ErrorCode
-from tests.agents.conftest import StartAgent
+from tests.conftest import StartAgent
 
 
 def echo_agent(agent_id: str = "echo", **kw: object) -> Agent:

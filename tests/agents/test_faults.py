@@ -20,7 +20,7 @@ from broker.settings import Settings
 from schemas.agent import PresenceEvent, PresenceStatus
 from schemas.codec import decode
 from schemas.envelope import Message
-from tests.agents.conftest import StartAgent
+from tests.conftest import StartAgent
 
 AGENTMESH = str(Path(sys.executable).parent / "agentmesh")
 

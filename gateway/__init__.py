@@ -1,0 +1,1 @@
+"""The stateless gateway: HTTP, WebSocket and webhook ingress into the mesh."""

@@ -1,0 +1,139 @@
+"""The agent API of the gateway seed: agents, send, status; plus health and readiness."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+import agentmesh
+from agents.client import encode_request
+from broker.errors import AgentNotFound
+from broker.subjects import validate_id
+from gateway.auth import Principal, Scope, require
+from gateway.errors import error_body
+from gateway.models import (
+    AgentInfo,
+    AgentsResponse,
+    ResultBody,
+    SendRequest,
+    SendResponse,
+    StatusResponse,
+    iso,
+)
+from gateway.state import GatewayState, get_state
+from schemas.codec import decode
+from schemas.envelope import Message, new_id
+from schemas.errors import ErrorCode
+
+router = APIRouter()
+
+
+@router.get("/gateway/agents", response_model=AgentsResponse, tags=["agents"])
+async def list_agents(
+    state: GatewayState = Depends(get_state),
+    _: Principal = Depends(require(Scope.AGENTS_READ)),
+) -> AgentsResponse:
+    """All online agents of the mesh (SDK and WebSocket agents alike)."""
+    online = await state.registry.list()
+    return AgentsResponse(
+        agents=[AgentInfo.of(p) for p in sorted(online, key=lambda p: p.agent_id)]
+    )
+
+
+@router.get("/gateway/agents/{agent_id}", response_model=AgentInfo, tags=["agents"])
+async def get_agent(
+    agent_id: str,
+    state: GatewayState = Depends(get_state),
+    _: Principal = Depends(require(Scope.AGENTS_READ)),
+) -> AgentInfo:
+    found = await state.registry.get(validate_id(agent_id))
+    if found is None:
+        raise AgentNotFound(f"agent '{agent_id}' is not online", details={"agent_id": agent_id})
+    return AgentInfo.of(found)
+
+
+@router.post(
+    "/gateway/send",
+    response_model=SendResponse,
+    response_model_exclude_none=True,
+    tags=["messages"],
+)
+async def send_message(
+    body: SendRequest,
+    state: GatewayState = Depends(get_state),
+    _: Principal = Depends(require(Scope.SEND)),
+) -> SendResponse:
+    """Send a message to an agent. With `wait`, return its result too."""
+    subject = state.bus.subjects.agent(body.to_agent_id)
+    if body.from_agent_id is not None:
+        validate_id(body.from_agent_id, what="from_agent_id")
+    message = Message(
+        message_id=new_id(),
+        from_agent_id=body.from_agent_id,
+        to_agent_id=body.to_agent_id,
+        conversation_id=body.conversation_id,
+        content=body.content,
+        metadata=body.metadata,
+    )
+    data = encode_request(
+        message,
+        sender=body.from_agent_id,
+        target=body.to_agent_id,
+        conversation_id=body.conversation_id,
+        metadata=None,
+    )
+    try:
+        if body.wait:
+            frame = await state.bus.request(subject, data, timeout=body.timeout)
+            reply = decode(frame.data, Message)
+            return SendResponse(
+                message_id=message.message_id,
+                status="completed",
+                timestamp=iso(time.time()),
+                result=ResultBody.of(reply),
+            )
+        await state.bus.deliver(subject, data, timeout=body.timeout)
+    except AgentNotFound:
+        raise AgentNotFound(
+            f"agent '{body.to_agent_id}' is not online", details={"agent_id": body.to_agent_id}
+        ) from None
+    return SendResponse(
+        message_id=message.message_id, status="delivered", timestamp=iso(time.time())
+    )
+
+
+@router.get("/gateway/status", response_model=StatusResponse, tags=["status"])
+async def status(
+    state: GatewayState = Depends(get_state),
+    _: Principal = Depends(require(Scope.AGENTS_READ)),
+) -> StatusResponse:
+    return StatusResponse(
+        version=agentmesh.__version__,
+        uptime_seconds=int(time.time() - state.started_at),
+        connected_agents=await state.registry.count(),
+        total_messages=await state.registry.messages(),
+    )
+
+
+@router.get("/healthz", tags=["status"])
+async def healthz() -> dict[str, str]:
+    """The process is up (no dependencies checked)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["status"])
+async def readyz(state: GatewayState = Depends(get_state)) -> JSONResponse:
+    """Ready when both NATS and Redis answer."""
+    checks = {"nats": state.bus.nc.is_connected}
+    try:
+        checks["redis"] = bool(await state.redis.ping())
+    except (RedisError, OSError):
+        checks["redis"] = False
+    if all(checks.values()):
+        return JSONResponse({"status": "ready", **checks})
+    down = ", ".join(name for name, ok in checks.items() if not ok)
+    body = error_body(ErrorCode.UNAVAILABLE, f"not ready: {down} unreachable")
+    return JSONResponse({**body, **checks}, status_code=503)

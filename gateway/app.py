@@ -1,0 +1,72 @@
+"""The gateway ASGI app: stateless HTTP, WebSocket and webhook ingress into the mesh.
+
+Any request may reach any replica: delivery goes through NATS and state through Redis, so a
+replica holds only its connections.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import agentmesh
+from broker.bus import Bus
+from broker.connections import connect_redis
+from broker.presence import PresenceRegistry
+from broker.ratelimit import RateLimiter
+from broker.settings import Settings
+from gateway import agents_api, errors
+from gateway.limits import BodyLimit
+from gateway.state import GatewayConfig, GatewayState
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, config: GatewayConfig | None = None) -> FastAPI:
+    """A gateway replica. Connections open in the app's lifespan (uvicorn runs it)."""
+    settings = settings or Settings.from_env()
+    config = config or GatewayConfig.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = await connect_redis(settings)
+        try:
+            bus = await Bus.connect(settings, name="agentmesh-gateway")
+        except BaseException:
+            await redis.aclose()
+            raise
+        subjects = bus.subjects
+        app.state.gateway = GatewayState(
+            settings=settings,
+            config=config,
+            bus=bus,
+            redis=redis,
+            registry=PresenceRegistry(
+                redis, subjects, heartbeat_timeout=settings.heartbeat_timeout
+            ),
+            limiter=RateLimiter(redis, prefix=settings.prefix),
+        )
+        if not config.auth:
+            logger.warning(
+                "auth is OFF: anyone who can reach this gateway can use it "
+                "(set AGENTMESH_AUTH=on and create keys with `agentmesh keys create`)"
+            )
+        try:
+            yield
+        finally:
+            await bus.close()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="AgentMesh gateway",
+        version=agentmesh.__version__,
+        description="HTTP, WebSocket and webhook ingress into an AgentMesh mesh.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(agents_api.router)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    return app

@@ -1,0 +1,108 @@
+"""The gateway's HTTP bodies, field for field as in the gateway API seed (extensions additive)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from schemas.agent import Presence
+from schemas.envelope import Message, Part
+
+
+def iso(ts: float) -> str:
+    """Unix seconds as the seed's ISO 8601 form: 2026-03-04T12:00:00Z."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class AgentInfo(BaseModel):
+    """An online agent (`GET /gateway/agents` items, `GET /gateway/agents/{agent_id}`)."""
+
+    agent_id: str
+    agent_name: str | None = None
+    agent_type: str | None = None
+    capabilities: list[str] = Field(default_factory=list)
+    description: str | None = None
+    version: str | None = None
+    owner: dict[str, Any] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    status: str = "online"
+    last_heartbeat: str
+    connected_at: str
+    instances: int = 1  # extension: how many replicas serve this id
+
+    @classmethod
+    def of(cls, p: Presence) -> AgentInfo:
+        return cls(
+            **p.model_dump(
+                include={
+                    "agent_id",
+                    "agent_name",
+                    "agent_type",
+                    "capabilities",
+                    "description",
+                    "version",
+                    "owner",
+                    "metadata",
+                }
+            ),
+            status=p.status.value,
+            last_heartbeat=iso(p.last_heartbeat),
+            connected_at=iso(p.connected_at),
+            instances=len(p.instances),
+        )
+
+
+class AgentsResponse(BaseModel):
+    agents: list[AgentInfo]
+
+
+class SendRequest(BaseModel):
+    """`POST /gateway/send`. `wait` and `timeout` are extensions."""
+
+    from_agent_id: str | None = None
+    to_agent_id: str
+    conversation_id: str | None = None
+    content: list[Part] = Field(min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    wait: bool = Field(False, description="Wait for the agent's result and return it.")
+    timeout: float | None = Field(None, gt=0, le=3600, description="Seconds to wait (default 30).")
+
+
+class ResultBody(BaseModel):
+    """The agent's reply, shaped like the seed's WebSocket `result` frame."""
+
+    conversation_id: str | None = None
+    success: bool = True
+    result: str | None = Field(None, description="The reply's text parts joined.")
+    content: list[Part] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    from_agent_id: str | None = None
+    message_id: str | None = None
+
+    @classmethod
+    def of(cls, reply: Message) -> ResultBody:
+        return cls(
+            conversation_id=reply.conversation_id,
+            result=reply.text,
+            content=reply.content,
+            metadata=reply.metadata,
+            from_agent_id=reply.from_agent_id,
+            message_id=reply.message_id,
+        )
+
+
+class SendResponse(BaseModel):
+    message_id: str
+    status: str = Field(description='"delivered", or "completed" when waited for')
+    timestamp: str
+    result: ResultBody | None = None
+
+
+class StatusResponse(BaseModel):
+    status: str = "running"
+    version: str
+    uptime_seconds: int
+    connected_agents: int = Field(description="Agents online in the whole mesh.")
+    total_messages: int = Field(description="Requests served in the whole mesh.")

@@ -1,0 +1,38 @@
+"""Running a gateway replica under uvicorn (`agentmesh gateway`, `agentmesh up`)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from broker.settings import Settings
+from gateway.app import create_app
+from gateway.state import GatewayConfig
+
+DEFAULT_PORT = 8001
+
+
+def make_server(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    config: GatewayConfig | None = None,
+    log_level: str = "info",
+) -> uvicorn.Server:
+    config = config or GatewayConfig.from_env()
+    app = create_app(settings, config)
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            lifespan="on",
+            ws_max_size=config.max_body_bytes,
+            ws_ping_interval=20,
+            ws_ping_timeout=20,
+            timeout_keep_alive=30,
+            server_header=False,
+            access_log=False,
+        )
+    )

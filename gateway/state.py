@@ -1,0 +1,48 @@
+"""What one gateway replica holds: connections, never mesh state (that lives in NATS/Redis)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from starlette.requests import HTTPConnection
+
+from broker.bus import Bus
+from broker.presence import PresenceRegistry
+from broker.ratelimit import RateLimiter
+from broker.settings import Settings
+
+
+@dataclass
+class GatewayConfig:
+    """Gateway options beyond the mesh `Settings` (from `AGENTMESH_GATEWAY_*` / `AGENTMESH_AUTH`)."""
+
+    auth: bool = False  # AGENTMESH_AUTH=on: every call needs an API key
+    max_body_bytes: int = 1024 * 1024  # HTTP bodies and WebSocket frames
+    ws_idle_timeout: float | None = None  # default: the heartbeat timeout
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> GatewayConfig:
+        import os
+
+        env = os.environ if environ is None else environ
+        auth = env.get("AGENTMESH_AUTH", "off").strip().lower() in {"on", "1", "true", "yes"}
+        body = int(env.get("AGENTMESH_GATEWAY_MAX_BODY_BYTES", cls.max_body_bytes))
+        return cls(auth=auth, max_body_bytes=body)
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    config: GatewayConfig
+    bus: Bus
+    redis: aioredis.Redis
+    registry: PresenceRegistry
+    limiter: RateLimiter
+    started_at: float = field(default_factory=time.time)
+
+
+def get_state(conn: HTTPConnection) -> GatewayState:
+    """FastAPI dependency: the replica's state (set up by the app's lifespan)."""
+    return conn.app.state.gateway

@@ -1,0 +1,68 @@
+"""Real gateway replicas (uvicorn on free ports, in this test's event loop) and HTTP clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from broker.servers import free_port
+from broker.settings import Settings
+from gateway.server import make_server
+from gateway.state import GatewayConfig
+
+
+@dataclass
+class Replica:
+    url: str  # http://127.0.0.1:PORT
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1)
+
+
+StartGateway = Callable[..., Awaitable[Replica]]
+
+
+@pytest.fixture
+async def start_gateway(settings: Settings) -> AsyncIterator[StartGateway]:
+    """`await start_gateway(config=...)` runs one more replica; all stop after the test."""
+    running: list[tuple[object, asyncio.Task[None]]] = []
+
+    async def start(
+        *, config: GatewayConfig | None = None, settings_: Settings | None = None
+    ) -> Replica:
+        port = free_port()
+        server = make_server(
+            settings_ or settings, port=port, config=config or GatewayConfig(), log_level="warning"
+        )
+        task = asyncio.create_task(server.serve())
+        running.append((server, task))
+        async with asyncio.timeout(10):
+            while not server.started:  # noqa: ASYNC110 - uvicorn exposes no event to await
+                if task.done():
+                    task.result()  # raises what stopped the start-up
+                await asyncio.sleep(0.01)
+        return Replica(url=f"http://127.0.0.1:{port}", port=port)
+
+    yield start
+    for server, _ in running:
+        server.should_exit = True  # type: ignore[attr-defined]
+    for _, task in running:
+        async with asyncio.timeout(15):
+            await task
+
+
+@pytest.fixture
+async def gateway(start_gateway: StartGateway) -> Replica:
+    return await start_gateway()
+
+
+@pytest.fixture
+async def http(gateway: Replica) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        yield client

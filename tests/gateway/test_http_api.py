@@ -1,0 +1,213 @@
+"""The gateway's HTTP agent API against real uvicorn, NATS and Redis, as in the seed."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+
+from agents.agent import Agent
+from agents.context import Context
+from broker.settings import Settings
+from schemas.envelope import Message
+from tests.conftest import StartAgent
+from tests.gateway.conftest import StartGateway
+
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def research_agent() -> Agent:
+    agent = Agent(
+        "agent-001",
+        name="Research Agent",
+        capabilities=["search", "analyze"],
+        agent_type="analyst",
+        version="1.0.0",
+    )
+
+    @agent.handler
+    async def handle(msg: Message, ctx: Context) -> str:
+        return f"re: {msg.text}"
+
+    return agent
+
+
+async def test_agents_list_and_detail_follow_the_seed(
+    http: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    await start_agent(research_agent())
+    listed = (await http.get("/gateway/agents")).json()["agents"]
+    assert len(listed) == 1
+    agent = listed[0]
+    assert {k: agent[k] for k in ("agent_id", "agent_name", "capabilities", "status")} == {
+        "agent_id": "agent-001",
+        "agent_name": "Research Agent",
+        "capabilities": ["search", "analyze"],
+        "status": "online",
+    }
+    assert ISO.match(agent["last_heartbeat"])
+    detail = (await http.get("/gateway/agents/agent-001")).json()
+    assert detail["agent_id"] == "agent-001" and ISO.match(detail["connected_at"])
+    assert detail["agent_type"] == "analyst" and detail["instances"] == 1
+
+
+async def test_an_agent_that_is_not_online_is_a_404_with_the_seed_code(
+    http: httpx.AsyncClient,
+) -> None:
+    r = await http.get("/gateway/agents/nobody")
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "AGENT_NOT_FOUND"
+    r = await http.post(
+        "/gateway/send", json={"to_agent_id": "nobody", "content": [{"type": "text", "text": "hi"}]}
+    )
+    assert r.status_code == 404 and r.json()["error"]["code"] == "AGENT_NOT_FOUND"
+
+
+async def test_send_delivers_and_with_wait_returns_the_result(
+    http: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    await start_agent(research_agent())
+    body = {
+        "from_agent_id": "sender-001",
+        "to_agent_id": "agent-001",
+        "conversation_id": "conv-abc-123",
+        "content": [{"type": "text", "text": "Hello"}],
+        "metadata": {},
+    }
+    r = await http.post("/gateway/send", json=body)
+    assert r.status_code == 200
+    sent = r.json()
+    assert sent["status"] == "delivered" and sent["message_id"] and ISO.match(sent["timestamp"])
+    assert "result" not in sent
+    r = await http.post("/gateway/send", json={**body, "wait": True})
+    waited = r.json()
+    assert waited["status"] == "completed"
+    assert waited["result"]["result"] == "re: Hello"
+    assert waited["result"]["conversation_id"] == "conv-abc-123"
+    assert waited["result"]["success"] is True
+
+
+async def test_send_with_wait_times_out_with_504(
+    http: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    agent = Agent("sleepy")
+
+    @agent.handler
+    async def handle(msg: Message, ctx: Context) -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    await start_agent(agent)
+    r = await http.post(
+        "/gateway/send",
+        json={
+            "to_agent_id": "sleepy",
+            "wait": True,
+            "timeout": 0.3,
+            "content": [{"type": "text", "text": "hi"}],
+        },
+    )
+    assert r.status_code == 504 and r.json()["error"]["code"] == "TIMEOUT"
+
+
+async def test_bad_input_gets_a_clear_error_and_the_gateway_keeps_serving(
+    http: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    await start_agent(research_agent())
+    cases = [
+        (b"{not json", 422),
+        (b'{"to_agent_id": "agent-001"}', 422),  # no content
+        (b'{"to_agent_id": "a.>", "content": [{"type": "text", "text": "x"}]}', 400),
+        (b'{"to_agent_id": "agent-001", "content": [{"type": "nope"}]}', 422),
+        (
+            b'{"to_agent_id": "agent-001", "from_agent_id": "*", '
+            b'"content": [{"type": "text", "text": "x"}]}',
+            400,
+        ),
+    ]
+    for raw, status in cases:
+        r = await http.post(
+            "/gateway/send", content=raw, headers={"content-type": "application/json"}
+        )
+        assert r.status_code == status, (raw, r.text)
+        assert r.json()["error"]["code"] in {"INVALID_MESSAGE", "INVALID_ID"}
+        assert r.json()["error"]["message"]
+    r = await http.get("/gateway/agents/a.b")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "INVALID_ID"
+    r = await http.get("/no/such/route")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+    assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_an_oversized_body_is_refused_with_413(
+    start_gateway: StartGateway,
+) -> None:
+    from gateway.state import GatewayConfig
+
+    replica = await start_gateway(config=GatewayConfig(max_body_bytes=1000))
+    async with httpx.AsyncClient(base_url=replica.url) as http:
+        big = {"to_agent_id": "x", "content": [{"type": "text", "text": "x" * 5000}]}
+        r = await http.post("/gateway/send", json=big)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+        async def chunks():  # no content-length: counted while streaming
+            for _ in range(10):
+                yield b"x" * 500
+
+        r = await http.post("/gateway/send", content=chunks())
+        assert r.status_code == 413
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+
+
+async def test_status_counts_the_whole_mesh_and_ready_checks_both_servers(
+    http: httpx.AsyncClient, start_agent: StartAgent, settings: Settings
+) -> None:
+    await start_agent(research_agent())
+    for _ in range(3):
+        await http.post(
+            "/gateway/send",
+            json={
+                "to_agent_id": "agent-001",
+                "wait": True,
+                "content": [{"type": "text", "text": "x"}],
+            },
+        )
+    async with asyncio.timeout(5):
+        while True:  # served counts reach Redis with the agent's next heartbeat
+            status = (await http.get("/gateway/status")).json()
+            if status["total_messages"] >= 3:
+                break
+            await asyncio.sleep(settings.heartbeat_interval / 2)
+    assert status["status"] == "running" and status["connected_agents"] == 1
+    assert isinstance(status["uptime_seconds"], int) and status["version"]
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["nats"] and ready.json()["redis"]
+
+
+async def test_openapi_describes_the_api(http: httpx.AsyncClient) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    assert {
+        "/gateway/agents",
+        "/gateway/agents/{agent_id}",
+        "/gateway/send",
+        "/gateway/status",
+    } <= set(spec["paths"])
+
+
+async def test_two_replicas_serve_the_same_mesh(
+    start_gateway: StartGateway, start_agent: StartAgent
+) -> None:
+    await start_agent(research_agent())
+    a, b = await start_gateway(), await start_gateway()
+    for replica in (a, b):
+        async with httpx.AsyncClient(base_url=replica.url) as http:
+            r = await http.post(
+                "/gateway/send",
+                json={
+                    "to_agent_id": "agent-001",
+                    "wait": True,
+                    "content": [{"type": "text", "text": "x"}],
+                },
+            )
+            assert r.json()["result"]["result"] == "re: x"
