@@ -16,7 +16,7 @@ from broker.settings import Settings
 
 @dataclass
 class GatewayConfig:
-    """Gateway options beyond the mesh `Settings` (from `AGENTMESH_GATEWAY_*` / `AGENTMESH_AUTH`)."""
+    """Gateway options beyond the mesh `Settings` (`AGENTMESH_AUTH`, `AGENTMESH_GATEWAY_*`)."""
 
     auth: bool = False  # AGENTMESH_AUTH=on: every call needs an API key
     max_body_bytes: int = 1024 * 1024  # HTTP bodies and WebSocket frames
