@@ -71,15 +71,21 @@ def up(
     nats_port: int = typer.Option(4222, help="Port for the local nats-server."),
     redis_port: int = typer.Option(6379, help="Port for the local redis-server."),
     data_dir: Path = typer.Option(Path(".agentmesh"), help="Where server data and logs go."),
+    gateway_port: int = typer.Option(8001, help="Port for the gateway (HTTP, WebSocket)."),
+    no_gateway: bool = typer.Option(False, "--no-gateway", help="Do not start the gateway."),
     no_echo: bool = typer.Option(False, "--no-echo", help="Do not start the demo echo agent."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run a local mesh: nats-server (JetStream), redis-server and the demo echo agent."""
+    """Run a local mesh: nats-server (JetStream), redis-server, the gateway and the echo agent."""
     from agentmesh.local import LocalMesh
 
     _setup_logging(verbose)
     mesh = LocalMesh(
-        nats_port=nats_port, redis_port=redis_port, data_dir=data_dir, prefix=_settings().prefix
+        nats_port=nats_port,
+        redis_port=redis_port,
+        data_dir=data_dir,
+        prefix=_settings().prefix,
+        gateway_port=None if no_gateway else gateway_port,
     )
     _run(lambda: mesh.run(echo=not no_echo))
 
@@ -220,6 +226,33 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
             )
     if not (result["nats"]["ok"] and result["redis"]["ok"]):
         raise typer.Exit(1)
+
+
+@app.command()
+def gateway(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all)."),
+    port: int = typer.Option(8001, help="Port to listen on."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run one gateway replica (start more on other ports or hosts; they share nothing)."""
+    from gateway.server import make_server
+
+    _setup_logging(verbose)
+    server = make_server(_settings(), host=host, port=port)
+
+    async def main() -> None:
+        import signal
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        await server.serve()
+        if not server.started:
+            raise ConnectionFailed(
+                f"the gateway could not start on {host}:{port} (see the log above)"
+            )
+
+    _run(main)
 
 
 @agent_app.command("run")

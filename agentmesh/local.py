@@ -11,6 +11,7 @@ import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from broker.servers import LocalServer, NatsServer, RedisServer
 from broker.settings import Settings
@@ -25,10 +26,12 @@ class LocalMesh:
     data_dir: Path = Path(".agentmesh")
     prefix: str = "mesh"
     host: str = "127.0.0.1"
+    gateway_port: int | None = 8001  # None: no gateway
 
     async def run(self, *, ready: asyncio.Event | None = None, echo: bool = True) -> None:
         servers: list[LocalServer] = []
         agents = []
+        gateway = gateway_task = None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -46,12 +49,18 @@ class LocalMesh:
 
                 await echo_agent.start(settings)
                 agents.append(echo_agent)
+            if self.gateway_port is not None:
+                gateway, gateway_task = await self._start_gateway(settings)
             print(self.banner(settings, servers, [a.agent_id for a in agents]), flush=True)
             if ready is not None:
                 ready.set()
             await stop.wait()
             print("\nstopping the local mesh ...", flush=True)
         finally:
+            if gateway is not None and gateway_task is not None:
+                gateway.should_exit = True
+                with contextlib.suppress(Exception):
+                    await gateway_task
             for agent in reversed(agents):
                 with contextlib.suppress(Exception):
                     await agent.stop()
@@ -60,11 +69,37 @@ class LocalMesh:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
+    async def _start_gateway(self, settings: Settings) -> tuple[Any, asyncio.Task[None]]:
+        from broker.servers import ServerError, port_in_use
+        from gateway.server import make_server
+
+        assert self.gateway_port is not None
+        if port_in_use(self.gateway_port, self.host):
+            raise ServerError(
+                f"port {self.gateway_port} is already in use: is another mesh running? "
+                "Stop it or choose another port with --gateway-port."
+            )
+        server = make_server(settings, host=self.host, port=self.gateway_port, log_level="warning")
+        task = asyncio.get_running_loop().create_task(server.serve())
+        while not server.started:  # uvicorn exposes no event; start-up takes milliseconds
+            if task.done():
+                task.result()
+                raise ServerError(f"the gateway did not start on port {self.gateway_port}")
+            await asyncio.sleep(0.01)
+        return server, task
+
     def banner(self, settings: Settings, servers: list[LocalServer], agents: list[str]) -> str:
+        gateway = (
+            f"  Gateway http://{self.host}:{self.gateway_port}  (API docs: "
+            f"http://{self.host}:{self.gateway_port}/docs)"
+            if self.gateway_port is not None
+            else "  Gateway -"
+        )
         lines = [
             "AgentMesh local mesh is running",
             f"  NATS   {settings.nats_url}  (JetStream on, pid {servers[0].pid})",
             f"  Redis  {settings.redis_url}  (pid {servers[1].pid})",
+            gateway,
             f"  prefix {settings.prefix}   data {self.data_dir}",
             f"  agents {', '.join(agents) or '-'}",
             "",
@@ -73,6 +108,13 @@ class LocalMesh:
             '  agentmesh send echo "hello"          # ask the echo agent',
             '  agentmesh send echo "hi" --stream    # stream the reply',
             "  agentmesh agent run mymodule:agent   # attach your own agent",
+            *(
+                [
+                    f"  curl http://{self.host}:{self.gateway_port}/gateway/agents",
+                ]
+                if self.gateway_port is not None
+                else []
+            ),
             "",
             "Ctrl-C stops everything started here.",
         ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import uvicorn
 
 from broker.settings import Settings
@@ -11,6 +14,15 @@ from gateway.state import GatewayConfig
 DEFAULT_PORT = 8001
 
 
+class GatewayServer(uvicorn.Server):
+    """uvicorn without its own signal capture: whoever runs it (`up`, `agentmesh gateway`, a
+    test) owns SIGINT/SIGTERM and stops it with `should_exit`, in its own shutdown order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def make_server(
     settings: Settings,
     *,
@@ -18,10 +30,10 @@ def make_server(
     port: int = DEFAULT_PORT,
     config: GatewayConfig | None = None,
     log_level: str = "info",
-) -> uvicorn.Server:
+) -> GatewayServer:
     config = config or GatewayConfig.from_env()
     app = create_app(settings, config)
-    return uvicorn.Server(
+    return GatewayServer(
         uvicorn.Config(
             app,
             host=host,

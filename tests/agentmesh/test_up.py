@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from broker.servers import free_port, port_in_use, process_alive
@@ -32,12 +33,14 @@ def clean_env(**urls: str) -> dict[str, str]:
     return env
 
 
-def two_free_ports() -> tuple[int, int]:
-    first = free_port()
-    second = free_port()
-    while second == first:
-        second = free_port()
-    return first, second
+def free_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
 
 
 class Up:
@@ -116,6 +119,7 @@ class Mesh:
     up: Up
     nats_port: int
     redis_port: int
+    gateway_port: int
     data_dir: Path
 
     @property
@@ -135,7 +139,7 @@ class Mesh:
 
 @contextmanager
 def start_mesh(exe: str, tmp_path: Path, *args: str) -> Iterator[Mesh]:
-    nats_port, redis_port = two_free_ports()
+    nats_port, redis_port, gateway_port = free_ports(3)
     data_dir = tmp_path / "mesh"
     up = Up(
         exe,
@@ -143,13 +147,15 @@ def start_mesh(exe: str, tmp_path: Path, *args: str) -> Iterator[Mesh]:
         str(nats_port),
         "--redis-port",
         str(redis_port),
+        "--gateway-port",
+        str(gateway_port),
         "--data-dir",
         str(data_dir),
         *args,
     )
     try:
         up.wait_for_banner()
-        yield Mesh(up, nats_port, redis_port, data_dir)
+        yield Mesh(up, nats_port, redis_port, gateway_port, data_dir)
     finally:
         up.close()
 
@@ -172,6 +178,13 @@ def test_up_serves_echo_then_a_signal_stops_both_servers_and_frees_their_ports(
 ) -> None:
     result = send(agentmesh_exe, mesh.env, "echo", "hi")
     assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
+    # The gateway of `up` reaches the same echo agent over HTTP.
+    reply = httpx.post(
+        f"http://127.0.0.1:{mesh.gateway_port}/gateway/send",
+        json={"to_agent_id": "echo", "wait": True, "content": [{"type": "text", "text": "hi"}]},
+        timeout=10,
+    )
+    assert reply.json()["result"]["result"] == "hi", reply.text
 
     nats_pid, redis_pid = mesh.server_pids()
     assert process_alive(nats_pid) and process_alive(redis_pid)
@@ -187,6 +200,7 @@ def test_up_serves_echo_then_a_signal_stops_both_servers_and_frees_their_ports(
     assert not process_alive(redis_pid), "redis-server outlived `agentmesh up`"
     assert not port_in_use(mesh.nats_port)
     assert not port_in_use(mesh.redis_port)
+    assert not port_in_use(mesh.gateway_port)
 
 
 def test_the_servers_exit_when_up_is_killed_without_a_chance_to_stop_them(mesh: Mesh) -> None:
@@ -214,6 +228,8 @@ def test_the_banner_gives_both_urls_the_echo_agent_and_how_to_attach_an_agent(
     assert "  agents echo\n" in banner
     assert "agentmesh send echo" in banner
     assert "agentmesh agent run mymodule:agent" in banner
+    gateway = f"http://127.0.0.1:{mesh.gateway_port}"
+    assert f"Gateway {gateway}  (API docs: {gateway}/docs)" in banner
 
 
 def test_up_with_no_echo_starts_no_agent(agentmesh_exe: str, tmp_path: Path) -> None:
@@ -228,7 +244,7 @@ def test_up_with_no_echo_starts_no_agent(agentmesh_exe: str, tmp_path: Path) -> 
 def test_up_on_a_port_in_use_exits_1_naming_the_port_and_leaves_no_server_behind(
     agentmesh_exe: str, tmp_path: Path, busy: str
 ) -> None:
-    nats_port, redis_port = two_free_ports()
+    nats_port, redis_port, gateway_port = free_ports(3)
     busy_port, other_port = (nats_port, redis_port) if busy == "nats" else (redis_port, nats_port)
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", busy_port))
@@ -239,6 +255,8 @@ def test_up_on_a_port_in_use_exits_1_naming_the_port_and_leaves_no_server_behind
             str(nats_port),
             "--redis-port",
             str(redis_port),
+            "--gateway-port",
+            str(gateway_port),
             "--data-dir",
             str(tmp_path / "mesh"),
         )
