@@ -182,10 +182,10 @@ def test_docker_compose_config_accepts_the_compose_file() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_the_compose_file_defines_nats_redis_and_the_echo_agent() -> None:
+def test_the_compose_file_defines_nats_redis_the_gateway_and_the_echo_agent() -> None:
     done = _run_compose("config", "--services")
     assert done.returncode == 0, done.stderr
-    assert {"nats", "redis", "echo-agent"} <= set(done.stdout.split())
+    assert {"nats", "redis", "gateway", "echo-agent"} <= set(done.stdout.split())
 
 
 def test_nats_runs_with_the_mounted_config_that_enables_jetstream() -> None:
@@ -227,6 +227,12 @@ def test_agentmesh_services_wait_for_healthy_nats_and_redis() -> None:
         depends_on = service.get("depends_on") or {}
         for server in ("nats", "redis"):
             assert depends_on.get(server, {}).get("condition") == "service_healthy", (name, server)
+
+
+def test_the_gateway_listens_on_8001_inside_and_on_loopback_outside() -> None:
+    gateway = _config()["services"]["gateway"]
+    assert _command(gateway) == ["gateway", "--host", "0.0.0.0", "--port", "8001"]
+    assert "127.0.0.1:8001:8001" in str(gateway["ports"])
 
 
 def test_the_echo_agent_runs_the_example_agent() -> None:
