@@ -147,6 +147,10 @@ class PresenceRegistry:
     async def get(self, agent_id: str) -> Presence | None:
         return (await self._load([agent_id], time.time() - self.timeout))[0]
 
+    async def add_served(self, served: int) -> None:
+        if served > 0:
+            await self.redis.incrby(self.subjects.key("stats", "messages"), served)
+
     async def messages(self) -> int:
         """Requests served by all instances of the mesh, as of their last heartbeats."""
         return int(await self.redis.get(self.subjects.key("stats", "messages")) or 0)
@@ -221,6 +225,7 @@ class Heartbeat:
             self._task.cancel()
             self._task = None
         try:
+            await self.registry.add_served(self.bus.take_handled())
             if await self.registry.deregister(self.card.agent_id, self.instance.instance_id):
                 await self._publish(
                     self.card.agent_id,

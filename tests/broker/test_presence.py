@@ -123,3 +123,11 @@ async def test_unreachable_redis_is_a_clear_connection_error(settings: Settings)
         await connect_redis(down)
     assert down.redis_url in err.value.message
     assert "make up" in err.value.message
+
+
+async def test_served_counts_add_up_across_instances(registry: PresenceRegistry) -> None:
+    await registry.heartbeat(card(), instance("i1"), served=3)
+    await registry.heartbeat(card(), instance("i2"), served=4)
+    await registry.add_served(2)
+    await registry.add_served(0)
+    assert await registry.messages() == 9
