@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import typer
 
+from agentmesh.cli_keys import keys_app
+from agentmesh.cli_webhooks import webhooks_app
 from broker.errors import ConnectionFailed, MeshError
 from broker.servers import ServerError
 from broker.settings import Settings
@@ -28,6 +30,8 @@ app = typer.Typer(
 )
 agent_app = typer.Typer(help="Run agents.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
+app.add_typer(keys_app, name="keys")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def _setup_logging(verbose: bool) -> None:

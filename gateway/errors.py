@@ -48,11 +48,15 @@ def error_body(
 def error_response(exc: MeshError) -> JSONResponse:
     status = 403 if isinstance(exc, Forbidden) else STATUS.get(exc.code, 500)
     headers = {}
-    if isinstance(exc, RateLimited) and math.isfinite(exc.retry_after):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    return JSONResponse(
-        error_body(exc.code, exc.message, exc.details or None), status, headers=headers
-    )
+    details = exc.details
+    if isinstance(exc, RateLimited):
+        if math.isfinite(exc.retry_after):
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        else:  # can never pass: no Retry-After, and JSON has no infinity
+            details = {**details, "retry_after": None}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_body(exc.code, exc.message, details or None), status, headers=headers)
 
 
 def install(app: FastAPI) -> None:

@@ -42,7 +42,6 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-
 class Up:
     """A running `agentmesh up`; its stdout and stderr are read line by line by a thread."""
 

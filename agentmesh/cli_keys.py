@@ -1,0 +1,128 @@
+"""`agentmesh keys`: create, list and revoke the gateway's API keys (straight in Redis)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import typer
+from redis.exceptions import RedisError
+
+# The module, not its names: agentmesh.cli imports this module while it is still loading.
+from agentmesh import cli as _cli
+from broker.connections import connect_redis, redis_unreachable
+from broker.errors import InvalidMessage
+from broker.ratelimit import Limit
+from broker.settings import Settings
+from broker.subjects import Subjects
+from gateway.keys import DEFAULT_SCOPES, KeyRecord, KeyStore, parse_scopes, validate_name
+
+T = TypeVar("T")
+
+keys_app = typer.Typer(
+    help="API keys for the gateway (used when it runs with AGENTMESH_AUTH=on).",
+    no_args_is_help=True,
+)
+
+
+def _with_store(settings: Settings, use: Callable[[KeyStore], Awaitable[T]]) -> T:
+    async def main() -> T:
+        redis = await connect_redis(settings)
+        try:
+            return await use(KeyStore(redis, Subjects(settings.prefix)))
+        except (RedisError, OSError) as exc:
+            raise redis_unreachable(settings, exc) from None
+        finally:
+            await redis.aclose()
+
+    return _cli._run(main)
+
+
+def _scopes_text(record: KeyRecord) -> str:
+    return ",".join(sorted(s.value for s in record.scopes))
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@keys_app.command()
+def create(
+    name: str = typer.Argument(..., help="What the key is for (1-64 printable characters)."),
+    scope: list[str] | None = typer.Option(
+        None,
+        "--scope",
+        "-s",
+        help="agents:read, send, connect or admin; repeat or comma-separate. "
+        "Default: agents:read, send, connect.",
+    ),
+    rate_limit: str | None = typer.Option(
+        None, "--rate-limit", "-r", help="N/SECONDS, e.g. 100/60 or 1000/h, shared by replicas."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the key."),
+) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    try:
+        validate_name(name)
+        scopes = parse_scopes(",".join(scope)) if scope else DEFAULT_SCOPES
+        limit = Limit.parse(rate_limit) if rate_limit is not None else None
+    except InvalidMessage as exc:
+        raise _cli._fail(exc.message) from None
+    except ValueError as exc:
+        raise _cli._fail(str(exc)) from None
+    settings = _cli._settings()
+    key, record = _with_store(
+        settings, lambda store: store.create(name, scopes=scopes, rate_limit=limit)
+    )
+    if quiet:
+        typer.echo(key)
+        return
+    typer.echo(f"created key {record.key_id} ({record.name})")
+    typer.echo(f"  scopes:     {_scopes_text(record).replace(',', ', ')}")
+    typer.echo(f"  rate limit: {record.rate_limit or 'none'}")
+    typer.echo("")
+    typer.echo(key)
+    typer.echo("")
+    typer.echo("Copy the key now: it will not be shown again.")
+
+
+@keys_app.command("list")
+def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the keys (ids and names; never the keys or their hashes)."""
+    records = _with_store(_cli._settings(), lambda store: store.list())
+    if as_json:
+        rows = [
+            {
+                "key_id": r.key_id,
+                "name": r.name,
+                "scopes": sorted(s.value for s in r.scopes),
+                "rate_limit": None if r.rate_limit is None else str(r.rate_limit),
+                "created_at": _iso(r.created_at),
+            }
+            for r in records
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not records:
+        typer.echo("no keys")
+        return
+    table = [("ID", "NAME", "SCOPES", "RATE LIMIT", "CREATED")]
+    for r in records:
+        table.append(
+            (r.key_id, r.name, _scopes_text(r), str(r.rate_limit or "-"), _iso(r.created_at))
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@keys_app.command()
+def revoke(
+    key_id: str = typer.Argument(..., help="The key's id (see `agentmesh keys list`)."),
+) -> None:
+    """Revoke a key: every replica refuses it from its next request."""
+    if not _with_store(_cli._settings(), lambda store: store.revoke(key_id)):
+        raise _cli._fail(f"no key with id {key_id!r} (see `agentmesh keys list`)")
+    typer.echo(f"revoked key {key_id}")

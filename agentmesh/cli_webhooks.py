@@ -1,0 +1,126 @@
+"""`agentmesh webhooks`: create, list and delete the mesh's signed webhooks (stored in Redis)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Awaitable, Callable
+from types import ModuleType
+from typing import TypeVar
+
+import typer
+
+from gateway.webhook_store import DEFAULT_TOLERANCE, Webhook, WebhookStore
+
+T = TypeVar("T")
+
+webhooks_app = typer.Typer(
+    help="Signed webhooks: POST /webhooks/NAME on any gateway delivers to an agent.",
+    no_args_is_help=True,
+)
+
+
+def _cli() -> ModuleType:
+    # agentmesh.cli imports this module to register it; import it back at call time.
+    from agentmesh import cli
+
+    return cli
+
+
+def _with_store(use: Callable[[WebhookStore], Awaitable[T]]) -> T:
+    from broker.connections import connect_redis
+    from broker.subjects import Subjects
+
+    cli = _cli()
+    settings = cli._settings()
+
+    async def main() -> T:
+        redis = await connect_redis(settings)
+        try:
+            return await use(WebhookStore(redis, Subjects(settings.prefix)))
+        finally:
+            await redis.aclose()
+
+    return cli._run(main)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@webhooks_app.command("create")
+def create(
+    name: str = typer.Argument(..., help="The webhook's name: POST /webhooks/NAME."),
+    agent: str = typer.Option(..., "--agent", "-a", help="The agent id that receives deliveries."),
+    secret: str | None = typer.Option(
+        None,
+        help="The signing secret (default: a new random one). Prefer the environment variable: "
+        "a command-line argument is visible to other users of the machine.",
+        envvar="AGENTMESH_WEBHOOK_SECRET",
+        show_envvar=True,
+    ),
+    tolerance: int = typer.Option(
+        DEFAULT_TOLERANCE, help="Seconds a delivery's timestamp may be off the gateway's clock."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (includes the secret)."),
+) -> None:
+    """Create a webhook and print its secret (shown this once)."""
+    hook = _with_store(
+        lambda store: store.create(name, agent_id=agent, secret=secret, tolerance_seconds=tolerance)
+    )
+    if as_json:
+        typer.echo(json.dumps({**_row(hook), "secret": hook.secret}, indent=2))
+        return
+    typer.echo(f"created webhook {hook.name} -> agent {hook.agent_id}")
+    typer.echo(f"secret (shown once, store it now): {hook.secret}")
+    typer.echo(
+        f"""
+Send deliveries to POST /webhooks/{hook.name} on any gateway replica, with headers
+  X-Mesh-Timestamp: <unix seconds>   (within {hook.tolerance_seconds}s of the gateway's clock)
+  X-Mesh-Delivery:  <a unique id per event; retries reuse it>
+  X-Mesh-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + raw body)>
+For example:
+  SECRET={shlex.quote(hook.secret)}
+  body='{{"hello": "world"}}'; ts=$(date +%s)
+  sig=$(printf '%s.%s' "$ts" "$body" | openssl dgst -sha256 -hmac "$SECRET" | sed 's/^.*= //')
+  curl -sS -X POST http://127.0.0.1:8001/webhooks/{hook.name} \\
+    -H 'Content-Type: application/json' -H "X-Mesh-Timestamp: $ts" \\
+    -H "X-Mesh-Delivery: evt-$ts-$RANDOM" -H "X-Mesh-Signature: sha256=$sig" \\
+    --data-binary "$body"
+See docs/PROTOCOL.md, section 8."""
+    )
+
+
+@webhooks_app.command("list")
+def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the webhooks (never their secrets)."""
+    hooks = _with_store(lambda store: store.list())
+    if as_json:
+        typer.echo(json.dumps([_row(h) for h in hooks], indent=2))
+        return
+    if not hooks:
+        typer.echo("no webhooks")
+        return
+    rows = [("NAME", "AGENT", "TOLERANCE", "CREATED")]
+    rows += [(h.name, h.agent_id, f"{h.tolerance_seconds}s", _iso(h.created_at)) for h in hooks]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+@webhooks_app.command("delete")
+def delete(name: str = typer.Argument(..., help="The webhook to delete.")) -> None:
+    """Delete a webhook; deliveries to it are refused with 404 from then on."""
+    if not _with_store(lambda store: store.delete(name)):
+        raise _cli()._fail(f"no webhook named {name!r}")
+    typer.echo(f"deleted webhook {name}")
+
+
+def _row(hook: Webhook) -> dict[str, object]:
+    return {
+        "name": hook.name,
+        "agent_id": hook.agent_id,
+        "tolerance_seconds": hook.tolerance_seconds,
+        "created_at": _iso(hook.created_at),
+    }

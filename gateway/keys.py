@@ -1,0 +1,192 @@
+"""API keys of the gateway: created once, stored hashed in Redis, shared by every replica.
+
+A key reads `amk_<key_id>_<secret>`. Redis holds, per key, the HASH `<p>:key:<key_id>` (name,
+scopes, rate_limit, created_at, hash) and the set `<p>:keys` of ids; never the key itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from broker.errors import InvalidMessage
+from broker.ratelimit import Limit
+from broker.subjects import Subjects
+from gateway.auth import Scope
+
+KEY_PREFIX = "amk_"
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"  # no "_": it separates id and secret
+_ID_LEN = 12  # 36**12 ~ 2**62 ids: a collision between two creates is not a practical concern
+_SECRET_BYTES = 32
+_ID_RE = re.compile(rf"[a-z0-9]{{8,{_ID_LEN}}}")
+_MAX_KEY_LEN = 256  # far above a real key; longer input is refused before any work
+MAX_NAME_LEN = 64
+DEFAULT_SCOPES = frozenset({Scope.AGENTS_READ, Scope.SEND, Scope.CONNECT})
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What the mesh knows about a key. Holds neither the key nor its hash."""
+
+    key_id: str
+    name: str
+    scopes: frozenset[Scope]
+    rate_limit: Limit | None
+    created_at: float  # Unix seconds
+
+
+def hash_key(key: str) -> str:
+    # Keys carry 256 random bits, so nobody can guess them from a hash: a slow password hash
+    # (bcrypt, argon2) would add nothing but latency to every request. One SHA-256 suffices.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_scopes(values: list[str] | tuple[str, ...] | str) -> frozenset[Scope]:
+    """Scopes from `["send", "agents:read"]` or `"send,agents:read"`.
+
+    Raises:
+        InvalidMessage: an unknown scope, or none at all.
+    """
+    items = values.split(",") if isinstance(values, str) else values
+    out: set[Scope] = set()
+    for item in items:
+        text = item.strip()
+        try:
+            out.add(Scope(text))
+        except ValueError:
+            known = ", ".join(s.value for s in Scope)
+            raise InvalidMessage(
+                f"unknown scope {text!r}: use one of {known}", details={"field": "scopes"}
+            ) from None
+    if not out:
+        raise InvalidMessage("a key needs at least one scope", details={"field": "scopes"})
+    return frozenset(out)
+
+
+def validate_name(name: object) -> str:
+    if isinstance(name, str) and 1 <= len(name) <= MAX_NAME_LEN and name.isprintable():
+        if name.strip():
+            return name
+    raise InvalidMessage(
+        f"invalid key name {name!r}: use 1-{MAX_NAME_LEN} printable characters",
+        details={"field": "name"},
+    )
+
+
+def key_id_of(key: str) -> str | None:
+    """The id part of `amk_<key_id>_<secret>`, or `None` if `key` does not have that shape."""
+    if len(key) > _MAX_KEY_LEN or not key.startswith(KEY_PREFIX):
+        return None
+    key_id, sep, secret = key[len(KEY_PREFIX) :].partition("_")
+    if not sep or not secret or not _ID_RE.fullmatch(key_id):
+        return None
+    return key_id
+
+
+class KeyStore:
+    """Create, list, revoke and look up API keys in the mesh's Redis."""
+
+    def __init__(self, redis: aioredis.Redis, subjects: Subjects) -> None:
+        self._redis = redis
+        self._subjects = subjects
+
+    def _record_key(self, key_id: str) -> str:
+        return self._subjects.key("key", key_id)
+
+    async def create(
+        self, name: str, *, scopes: frozenset[Scope], rate_limit: Limit | None = None
+    ) -> tuple[str, KeyRecord]:
+        """A new key. The plaintext is returned here once and stored nowhere.
+
+        Raises:
+            InvalidMessage: a bad name, no scopes, or a rate limit below one request per period.
+        """
+        validate_name(name)
+        scopes = parse_scopes([str(s) for s in scopes])
+        if rate_limit is not None and rate_limit.count < 1:
+            # A bucket smaller than one request would refuse every call forever.
+            raise InvalidMessage(
+                f"rate limit {rate_limit} allows no request: the count must be at least 1",
+                details={"field": "rate_limit"},
+            )
+        key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LEN))
+        key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(_SECRET_BYTES)}"
+        record = KeyRecord(
+            key_id=key_id,
+            name=name,
+            scopes=scopes,
+            rate_limit=rate_limit,
+            created_at=time.time(),
+        )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self._record_key(key_id),
+                mapping={
+                    "name": name,
+                    "scopes": ",".join(sorted(s.value for s in scopes)),
+                    "rate_limit": "" if rate_limit is None else str(rate_limit),
+                    "created_at": repr(record.created_at),
+                    "hash": hash_key(key),
+                },
+            )
+            pipe.sadd(self._subjects.key("keys"), key_id)
+            await pipe.execute()
+        return key, record
+
+    async def list(self) -> list[KeyRecord]:
+        """Every key of the mesh, oldest first."""
+        ids = sorted(i.decode() for i in await self._redis.smembers(self._subjects.key("keys")))
+        if not ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key_id in ids:
+                pipe.hgetall(self._record_key(key_id))
+            raws = await pipe.execute()
+        records = [_record(i, raw) for i, raw in zip(ids, raws, strict=True)]
+        return sorted((r for r in records if r is not None), key=lambda r: r.created_at)
+
+    async def revoke(self, key_id: str) -> bool:
+        """Delete a key; `False` if there is none with that id. Takes effect on the next call."""
+        if not isinstance(key_id, str) or not _ID_RE.fullmatch(key_id):
+            return False
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._record_key(key_id))
+            pipe.srem(self._subjects.key("keys"), key_id)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def lookup(self, key: str) -> KeyRecord | None:
+        """The record of a presented key, or `None` if it is malformed, unknown or revoked."""
+        key_id = key_id_of(key)
+        if key_id is None:
+            return None
+        # No in-process cache: one HGETALL per request is cheap, and revocation is immediate.
+        raw = await self._redis.hgetall(self._record_key(key_id))
+        stored = raw.get(b"hash", b"").decode()
+        if not stored or not hmac.compare_digest(stored, hash_key(key)):
+            return None
+        return _record(key_id, raw)
+
+
+def _record(key_id: str, raw: dict[bytes, bytes]) -> KeyRecord | None:
+    if not raw:  # revoked between SMEMBERS and HGETALL
+        return None
+    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    scopes = frozenset(Scope(s) for s in fields.get("scopes", "").split(",") if s in _SCOPES)
+    limit = fields.get("rate_limit", "")
+    return KeyRecord(
+        key_id=key_id,
+        name=fields.get("name", ""),
+        scopes=scopes,
+        rate_limit=Limit.parse(limit) if limit else None,
+        created_at=float(fields.get("created_at", 0) or 0),
+    )
+
+
+_SCOPES = frozenset(s.value for s in Scope)

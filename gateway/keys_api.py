@@ -1,0 +1,94 @@
+"""Key management over HTTP for admins: the same operations as `agentmesh keys`."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from broker.errors import InvalidMessage
+from broker.ratelimit import Limit
+from gateway.auth import Principal, Scope, require
+from gateway.errors import error_body
+from gateway.keys import DEFAULT_SCOPES, MAX_NAME_LEN, KeyRecord, KeyStore, parse_scopes
+from gateway.state import GatewayState, get_state
+from schemas.errors import ErrorCode
+
+router = APIRouter(tags=["keys"])
+
+
+class CreateKeyRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=MAX_NAME_LEN)
+    scopes: list[str] | None = Field(
+        default=None, description="Default: agents:read, send, connect."
+    )
+    rate_limit: str | None = Field(default=None, examples=["100/60s"])
+
+
+class KeyInfo(BaseModel):
+    key_id: str
+    name: str
+    scopes: list[str]
+    rate_limit: str | None
+    created_at: str
+
+    @classmethod
+    def of(cls, record: KeyRecord) -> KeyInfo:
+        return cls(
+            key_id=record.key_id,
+            name=record.name,
+            scopes=sorted(s.value for s in record.scopes),
+            rate_limit=None if record.rate_limit is None else str(record.rate_limit),
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created_at)),
+        )
+
+
+class CreatedKey(KeyInfo):
+    key: str = Field(description="The API key. Shown in this reply only; store it now.")
+
+
+class KeysResponse(BaseModel):
+    keys: list[KeyInfo]
+
+
+def _store(state: GatewayState) -> KeyStore:
+    return KeyStore(state.redis, state.bus.subjects)
+
+
+@router.post("/gateway/keys", response_model=CreatedKey, status_code=201)
+async def create_key(
+    body: CreateKeyRequest,
+    state: GatewayState = Depends(get_state),
+    _: Principal = Depends(require(Scope.ADMIN)),
+) -> CreatedKey:
+    """Create a key; the reply is the only time the key itself is shown."""
+    scopes = DEFAULT_SCOPES if body.scopes is None else parse_scopes(body.scopes)
+    try:
+        limit = None if body.rate_limit is None else Limit.parse(body.rate_limit)
+    except ValueError as exc:
+        raise InvalidMessage(str(exc), details={"field": "rate_limit"}) from None
+    key, record = await _store(state).create(body.name, scopes=scopes, rate_limit=limit)
+    return CreatedKey(**KeyInfo.of(record).model_dump(), key=key)
+
+
+@router.get("/gateway/keys", response_model=KeysResponse)
+async def list_keys(
+    state: GatewayState = Depends(get_state),
+    _: Principal = Depends(require(Scope.ADMIN)),
+) -> KeysResponse:
+    """Every key: ids, names, scopes and limits; never keys or hashes."""
+    return KeysResponse(keys=[KeyInfo.of(r) for r in await _store(state).list()])
+
+
+@router.delete("/gateway/keys/{key_id}", status_code=204, response_model=None)
+async def revoke_key(
+    key_id: str,
+    state: GatewayState = Depends(get_state),
+    _: Principal = Depends(require(Scope.ADMIN)),
+) -> JSONResponse | None:
+    """Revoke a key; every replica refuses it from its next request."""
+    if not await _store(state).revoke(key_id):
+        return JSONResponse(error_body(ErrorCode.NOT_FOUND, "no key with that id"), 404)
+    return None

@@ -1,0 +1,224 @@
+"""Webhook definitions and delivery de-duplication in Redis, shared by every gateway replica.
+
+<p>:webhook:<name>                       HASH agent_id, secret, created_at, tolerance_seconds
+<p>:webhooks                             SET of webhook names (for `list`)
+<p>:webhook-delivery:<name>:<delivery>   STRING "pending <token>" while delivering, then "done"
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from broker.errors import InvalidId, InvalidMessage, Unavailable
+from broker.subjects import Subjects, validate_id
+
+T = TypeVar("T")
+
+DEFAULT_TOLERANCE = 300  # seconds either side of the receiver's clock
+MAX_TOLERANCE = 86400
+MIN_SECRET_LEN = 16
+# "webhook-" + name is the sender id on delivered messages, and ids are at most 128 characters.
+SENDER_PREFIX = "webhook-"
+MAX_NAME_LEN = 128 - len(SENDER_PREFIX)
+# Any visible ASCII: ids from other systems (UUIDs, "msg_2Kx...", "evt:123") fit unchanged.
+_DELIVERY_RE = re.compile(r"[\x21-\x7e]{1,128}")
+
+# Create only if absent; the hash and the name index change together.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+# Claim a delivery id: set "pending <token>" if absent, else return what is there.
+_CLAIM = """
+local old = redis.call('GET', KEYS[1])
+if old then return old end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+# Release only our own pending claim (it may have expired and been taken by another replica).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def validate_name(name: object) -> str:
+    """A webhook name: an id (letters, digits, `_`, `-`) of at most 120 characters."""
+    validate_id(name, what="webhook name")
+    assert isinstance(name, str)
+    if len(name) > MAX_NAME_LEN:
+        raise InvalidId(
+            f"invalid webhook name {name!r}: at most {MAX_NAME_LEN} characters",
+            details={"field": "webhook name"},
+        )
+    return name
+
+
+def validate_delivery_id(value: str) -> str:
+    if not _DELIVERY_RE.fullmatch(value):
+        raise InvalidMessage(
+            "invalid X-Mesh-Delivery header: use 1-128 visible ASCII characters, no spaces",
+            details={"header": "X-Mesh-Delivery"},
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    name: str
+    agent_id: str
+    secret: str
+    created_at: float
+    tolerance_seconds: int = DEFAULT_TOLERANCE
+
+    @property
+    def sender_id(self) -> str:
+        """The `from_agent_id` of the messages this webhook delivers."""
+        return SENDER_PREFIX + self.name
+
+
+class Claim(StrEnum):
+    NEW = "new"  # ours to deliver
+    PENDING = "pending"  # another request with this delivery id is delivering it now
+    DONE = "done"  # delivered before: a duplicate
+
+
+class WebhookStore:
+    """Webhook definitions and delivery claims. Redis failures raise `Unavailable`."""
+
+    def __init__(self, redis: aioredis.Redis, subjects: Subjects) -> None:
+        self.redis = redis
+        self.subjects = subjects
+        self._create = redis.register_script(_CREATE)
+        self._claim = redis.register_script(_CLAIM)
+        self._release = redis.register_script(_RELEASE)
+
+    def _key(self, name: str) -> str:
+        return self.subjects.key("webhook", name)
+
+    def _delivery_key(self, name: str, delivery_id: str) -> str:
+        return self.subjects.key("webhook-delivery", name, delivery_id)
+
+    # Definitions ---------------------------------------------------------------------------
+    async def create(
+        self,
+        name: str,
+        *,
+        agent_id: str,
+        secret: str | None = None,
+        tolerance_seconds: int = DEFAULT_TOLERANCE,
+    ) -> Webhook:
+        """Define a webhook; a strong secret is generated when none is given.
+
+        Raises:
+            InvalidId: a bad name or agent id.
+            InvalidMessage: the name is taken, the secret is too short or the tolerance invalid.
+        """
+        validate_name(name)
+        validate_id(agent_id)
+        if secret is None:
+            secret = secrets.token_urlsafe(32)
+        elif len(secret) < MIN_SECRET_LEN:
+            raise InvalidMessage(
+                f"webhook secret too short: use at least {MIN_SECRET_LEN} characters "
+                "(or let one be generated)"
+            )
+        if not 1 <= tolerance_seconds <= MAX_TOLERANCE:
+            raise InvalidMessage(f"tolerance must be 1-{MAX_TOLERANCE} seconds")
+        hook = Webhook(name, agent_id, secret, time.time(), tolerance_seconds)
+        fields = [
+            "agent_id", agent_id,
+            "secret", secret,
+            "created_at", repr(hook.created_at),
+            "tolerance_seconds", str(tolerance_seconds),
+        ]  # fmt: skip
+        created = await _redis(
+            self._create(
+                keys=[self._key(name), self.subjects.key("webhooks")], args=[name, *fields]
+            )
+        )
+        if not created:
+            raise InvalidMessage(
+                f"webhook '{name}' already exists (delete it first)", details={"webhook": name}
+            )
+        return hook
+
+    async def get(self, name: str) -> Webhook | None:
+        raw = await _redis(self.redis.hgetall(self._key(validate_name(name))))
+        return _parse(name, raw) if raw else None
+
+    async def list(self) -> list[Webhook]:
+        names = sorted(
+            n.decode() for n in await _redis(self.redis.smembers(self.subjects.key("webhooks")))
+        )
+        found = []
+        for name in names:
+            hook = await self.get(name)
+            if hook is not None:
+                found.append(hook)
+        return found
+
+    async def delete(self, name: str) -> bool:
+        """Remove a webhook; `False` if there was none. Later calls to it get 404."""
+        key = self._key(validate_name(name))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key).srem(self.subjects.key("webhooks"), name)
+            deleted, _ = await _redis(pipe.execute())
+        return bool(deleted)
+
+    # Deliveries ----------------------------------------------------------------------------
+    async def claim(self, hook: Webhook, delivery_id: str, *, ttl: float) -> tuple[Claim, str]:
+        """Claim `delivery_id` for `ttl` seconds; returns the claim and its release token."""
+        token = f"pending {uuid.uuid4().hex}"
+        old = await _redis(
+            self._claim(
+                keys=[self._delivery_key(hook.name, delivery_id)],
+                args=[token, max(1, math.ceil(ttl))],
+            )
+        )
+        if old is None:
+            return Claim.NEW, token
+        return (Claim.PENDING if old.startswith(b"pending") else Claim.DONE), token
+
+    async def complete(self, hook: Webhook, delivery_id: str) -> None:
+        """Mark delivered. Kept for 2x the tolerance: older copies fail the timestamp check."""
+        await _redis(
+            self.redis.set(
+                self._delivery_key(hook.name, delivery_id), "done", ex=2 * hook.tolerance_seconds
+            )
+        )
+
+    async def release(self, hook: Webhook, delivery_id: str, token: str) -> None:
+        """Forget a claim whose delivery failed, so the sender's retry is not a duplicate."""
+        await _redis(self._release(keys=[self._delivery_key(hook.name, delivery_id)], args=[token]))
+
+
+def _parse(name: str, raw: dict[bytes, bytes]) -> Webhook:
+    get = {k.decode(): v.decode() for k, v in raw.items()}
+    return Webhook(
+        name=name,
+        agent_id=get["agent_id"],
+        secret=get["secret"],
+        created_at=float(get.get("created_at", 0)),
+        tolerance_seconds=int(get.get("tolerance_seconds", DEFAULT_TOLERANCE)),
+    )
+
+
+async def _redis(op: Awaitable[T]) -> T:
+    try:
+        return await op
+    except (RedisError, OSError) as exc:
+        raise Unavailable(f"Redis is unreachable: {exc}") from None

@@ -1,0 +1,144 @@
+"""`agentmesh keys create/list/revoke` as a real process against this test's Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import pytest
+
+from broker.connections import connect_redis
+from broker.servers import free_port
+from broker.settings import Settings
+from tests.agentmesh.test_cli import run_cli
+
+KEY = re.compile(r"^amk_([a-z0-9]{8,12})_[A-Za-z0-9_-]{43,}$")
+
+
+def printed_key(out: str) -> tuple[str, str]:
+    """The key `keys create` printed on a line of its own, and its id."""
+    found = [m for line in out.splitlines() if (m := KEY.match(line))]
+    assert len(found) == 1, out
+    return found[0].group(0), found[0].group(1)
+
+
+async def test_keys_create_prints_a_new_key_once_with_its_scopes_and_limit(
+    agentmesh_exe: str, env_for: dict[str, str], settings: Settings
+) -> None:
+    result = await run_cli(
+        agentmesh_exe, "keys", "create", "ci bot", "--rate-limit", "5/60", env=env_for
+    )
+    assert (result.code, result.err) == (0, ""), result.err
+    key, key_id = printed_key(result.out)
+    assert "will not be shown again" in result.out
+    assert "agents:read, connect, send" in result.out  # the default scopes; not admin
+    assert "5/60s" in result.out
+    assert key_id in result.out.splitlines()[0]
+
+    redis = await connect_redis(settings)
+    try:
+        stored = await redis.hgetall(f"{settings.prefix}:key:{key_id}")
+    finally:
+        await redis.aclose()
+    assert stored[b"hash"].decode() == hashlib.sha256(key.encode()).hexdigest()
+    assert stored[b"name"] == b"ci bot"
+
+
+async def test_keys_create_quiet_prints_only_the_key(
+    agentmesh_exe: str, env_for: dict[str, str]
+) -> None:
+    result = await run_cli(
+        agentmesh_exe, "keys", "create", "q", "-s", "admin", "--quiet", env=env_for
+    )
+    assert result.code == 0, result.err
+    assert KEY.match(result.out.strip())
+    assert result.out.count("\n") == 1
+
+
+async def test_keys_list_shows_names_and_scopes_but_never_the_key(
+    agentmesh_exe: str, env_for: dict[str, str]
+) -> None:
+    created = await run_cli(
+        agentmesh_exe,
+        "keys",
+        "create",
+        "dashboard",
+        "--scope",
+        "agents:read",
+        "--scope",
+        "send,connect",
+        env=env_for,
+    )
+    assert created.code == 0, created.err
+    key, key_id = printed_key(created.out)
+    secret = key.rsplit("_", 1)[-1]
+
+    result = await run_cli(agentmesh_exe, "keys", "list", env=env_for)
+    assert result.code == 0, result.err
+    header, *rows = result.out.splitlines()
+    assert header.split() == ["ID", "NAME", "SCOPES", "RATE", "LIMIT", "CREATED"]
+    assert len(rows) == 1
+    assert rows[0].split()[:3] == [key_id, "dashboard", "agents:read,connect,send"]
+    assert secret not in result.out
+
+    as_json = await run_cli(agentmesh_exe, "keys", "list", "--json", env=env_for)
+    [row] = json.loads(as_json.out)
+    assert row["key_id"] == key_id and row["rate_limit"] is None
+    assert secret not in as_json.out and "hash" not in row
+
+
+async def test_keys_list_says_so_when_there_are_none(
+    agentmesh_exe: str, env_for: dict[str, str]
+) -> None:
+    result = await run_cli(agentmesh_exe, "keys", "list", env=env_for)
+    assert (result.code, result.out) == (0, "no keys\n")
+
+
+async def test_keys_revoke_removes_the_key(agentmesh_exe: str, env_for: dict[str, str]) -> None:
+    created = await run_cli(agentmesh_exe, "keys", "create", "temp", env=env_for)
+    _, key_id = printed_key(created.out)
+
+    result = await run_cli(agentmesh_exe, "keys", "revoke", key_id, env=env_for)
+    assert (result.code, result.out) == (0, f"revoked key {key_id}\n")
+    listed = await run_cli(agentmesh_exe, "keys", "list", env=env_for)
+    assert listed.out == "no keys\n"
+
+    again = await run_cli(agentmesh_exe, "keys", "revoke", key_id, env=env_for)
+    assert again.code == 1
+    assert again.err == f"error: no key with id '{key_id}' (see `agentmesh keys list`)\n"
+
+
+BAD_INPUT = [
+    pytest.param(["create", "x", "--rate-limit", "fast"], "invalid rate limit 'fast'", id="limit"),
+    pytest.param(["create", "x", "--rate-limit", "0.5/s"], "at least 1", id="limit-below-one"),
+    pytest.param(["create", "x", "--scope", "root"], "unknown scope 'root'", id="scope"),
+    pytest.param(["create", "x" * 65], "1-64 printable characters", id="name"),
+    pytest.param(["revoke", "nosuchkey"], "no key with id 'nosuchkey'", id="unknown-id"),
+    pytest.param(["revoke", "a.>"], "no key with id 'a.>'", id="wildcard-id"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), BAD_INPUT)
+async def test_bad_input_exits_1_with_one_clear_line(
+    agentmesh_exe: str, env_for: dict[str, str], args: list[str], words: str
+) -> None:
+    result = await run_cli(agentmesh_exe, "keys", *args, env=env_for)
+    assert result.code == 1
+    assert result.out == ""
+    assert result.err.startswith("error: ") and result.err.count("\n") == 1, result.err
+    assert words in result.err
+
+
+@pytest.mark.parametrize("args", [["create", "x"], ["list"], ["revoke", "abcdefghijkl"]])
+async def test_keys_with_redis_down_exits_1_naming_the_url(
+    agentmesh_exe: str, env_for: dict[str, str], args: list[str]
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = await run_cli(
+        agentmesh_exe, "keys", *args, env={**env_for, "AGENTMESH_REDIS_URL": url}
+    )
+    assert result.code == 1
+    assert url in result.err
+    assert "Traceback" not in result.err
+    assert result.out == ""
