@@ -321,8 +321,10 @@ class Bus:
         self._calls[token] = call
         try:
             await self.nc.publish(subject, data, reply=call.reply, headers=hdrs or None)
-        except BaseException:
-            call.ended = True
+        except BaseException as exc:
+            # Cancelled inside publish: nats-py had already buffered the request, so it goes
+            # out and must be cancelled. Any other failure means nothing was sent.
+            call.ended = not isinstance(exc, asyncio.CancelledError)
             await self._finish(call)
             raise
         return call

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from broker.bus import Bus
 
 logger = logging.getLogger(__name__)
+_MAX_EARLY_CANCELS = 10_000
 tracer = trace.get_tracer("agentmesh.service")
 
 
@@ -35,6 +37,7 @@ class Control:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.inflight: dict[str, asyncio.Task[None]] = {}  # reply subject → handler task
+        self._early: dict[str, float] = {}  # cancels that came before their call → expiry
         self._subs: list[Any] = []
         self._ticker: asyncio.Task[None] | None = None
         self._ack_headers = {H_KIND: Kind.ACK.value, H_INSTANCE: bus.instance_id}
@@ -64,15 +67,29 @@ class Control:
         hdrs = msg.headers or {}
         if hdrs.get(H_KIND) != Kind.CANCEL:
             return
-        task = self.inflight.get(hdrs.get(H_CALL, ""))
+        call = hdrs.get(H_CALL, "")
+        task = self.inflight.get(call)
         if task is not None:
-            logger.debug("cancelling call %s on request", hdrs.get(H_CALL))
+            logger.debug("cancelling call %s on request", call)
             task.cancel()
+        elif call:
+            # The cancel may overtake its request (nats-py runs each subscription's callbacks in
+            # a task of its own): remember it, so the request is refused when it arrives.
+            self._early[call] = time.monotonic() + self.bus.settings.request_timeout
+            if len(self._early) > _MAX_EARLY_CANCELS:
+                del self._early[next(iter(self._early))]  # oldest first: a bounded memory
+
+    def cancelled_early(self, reply: str) -> bool:
+        """Whether a cancel for this call arrived before the call itself (consumes it)."""
+        return self._early.pop(reply, None) is not None
 
     async def _keepalives(self) -> None:
         nc = self.bus.nc
         while True:
             await asyncio.sleep(self.bus.settings.keepalive_interval)
+            now = time.monotonic()
+            for call in [c for c, until in self._early.items() if until < now]:
+                del self._early[call]
             for reply in list(self.inflight):
                 try:
                     await nc.publish(reply, b"", headers=self._keepalive_headers)
@@ -131,8 +148,12 @@ class Service:
                 ),
             )
             return
-        await self._slots.acquire()  # bounded concurrency: backpressure on this subscription
         control = self.bus._control
+        await self._slots.acquire()  # bounded concurrency: backpressure on this subscription
+        if control._early and control.cancelled_early(msg.reply):
+            self._slots.release()
+            await self._send_error(msg.reply, Cancelled("the call was cancelled before it started"))
+            return
         hdrs = msg.headers or {}
         request = Request(
             subject=msg.subject,
@@ -147,9 +168,16 @@ class Service:
         control.inflight[msg.reply] = task
         self._tasks.add(task)
         self.bus.handled += 1
-        task.add_done_callback(self._tasks.discard)
+        # A done-callback, not a `finally` in _run: a task cancelled before its first step
+        # never runs its body, and its slot and table entry must be freed all the same.
+        task.add_done_callback(lambda t, reply=msg.reply: self._done(t, reply))
         # Runs after the task's first step: a handler that answered at once needs no ack.
         loop.call_soon(control.ack_if_running, task, msg.reply)
+
+    def _done(self, task: asyncio.Task[None], reply: str) -> None:
+        self._tasks.discard(task)
+        self.bus._control.inflight.pop(reply, None)
+        self._slots.release()
 
     async def _run(self, request: Request) -> None:
         nc = self.bus.nc
@@ -180,8 +208,6 @@ class Service:
                 span.end()
             if token is not None:
                 otel_context.detach(token)
-            self.bus._control.inflight.pop(reply, None)
-            self._slots.release()
 
     async def _stream(self, reply: str, chunks: AsyncIterator[bytes]) -> None:
         nc = self.bus.nc
