@@ -21,6 +21,7 @@ from broker.errors import (
     Unavailable,
 )
 from broker.settings import Settings
+from gateway.client import GatewayClient
 from schemas.agent import AgentCard, Presence
 from schemas.envelope import Chunk, DataPart, FilePart, ImagePart, Message, TextPart
 from schemas.errors import ErrorCode
@@ -38,6 +39,7 @@ __all__ = [
     "DataPart",
     "ErrorCode",
     "FilePart",
+    "GatewayClient",
     "ImagePart",
     "InvalidId",
     "InvalidMessage",

@@ -28,8 +28,13 @@ class GatewayConfig:
 
         env = os.environ if environ is None else environ
         auth = env.get("AGENTMESH_AUTH", "off").strip().lower() in {"on", "1", "true", "yes"}
-        body = int(env.get("AGENTMESH_GATEWAY_MAX_BODY_BYTES", cls.max_body_bytes))
-        return cls(auth=auth, max_body_bytes=body)
+        try:
+            body = int(env.get("AGENTMESH_GATEWAY_MAX_BODY_BYTES", cls.max_body_bytes))
+            idle_text = env.get("AGENTMESH_GATEWAY_WS_IDLE_TIMEOUT", "")
+            idle = float(idle_text) if idle_text else None
+        except ValueError as exc:
+            raise ValueError(f"bad AGENTMESH_GATEWAY_* setting: {exc}") from None
+        return cls(auth=auth, max_body_bytes=body, ws_idle_timeout=idle)
 
 
 @dataclass

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import builtins
 import itertools
 import os
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 
 def _reseed() -> None:
@@ -40,7 +41,12 @@ class DataPart(BaseModel):
 
 
 class FilePart(BaseModel):
-    """A file by reference (`uri`) or inline (`bytes`); exactly one of the two."""
+    """A file by reference (`uri`) or inline (`bytes`); exactly one of the two.
+
+    On msgpack `bytes` is binary; in JSON (the gateway's HTTP and WebSocket APIs) it is base64.
+    """
+
+    model_config = ConfigDict(val_json_bytes="base64")
 
     type: Literal["file"] = "file"
     name: str | None = None
@@ -48,6 +54,11 @@ class FilePart(BaseModel):
     uri: str | None = None
     # `builtins.`: the field's own name hides the builtin type inside the class body.
     bytes: builtins.bytes | None = None
+
+    @field_serializer("bytes", when_used="json")
+    def _standard_base64(self, value: builtins.bytes | None) -> str | None:
+        # pydantic's own base64 is the URL-safe alphabet; JSON APIs expect the standard one.
+        return None if value is None else base64.b64encode(value).decode("ascii")
 
     @model_validator(mode="after")
     def _one_source(self) -> FilePart:

@@ -17,6 +17,7 @@ def test_all_is_the_pinned_sorted_list_of_exported_names() -> None:
         "DataPart",
         "ErrorCode",
         "FilePart",
+        "GatewayClient",
         "ImagePart",
         "InvalidId",
         "InvalidMessage",

@@ -211,3 +211,32 @@ async def test_two_replicas_serve_the_same_mesh(
                 },
             )
             assert r.json()["result"]["result"] == "re: x"
+
+
+async def test_file_bytes_travel_as_base64_in_json_and_as_binary_on_the_bus(
+    http: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    import base64
+
+    agent = Agent("files")
+    seen: list[bytes] = []
+
+    @agent.handler
+    async def handle(msg: Message, ctx: Context) -> object:
+        seen.append(msg.content[0].bytes)  # type: ignore[union-attr]
+        return msg.content
+
+    await start_agent(agent)
+    raw = bytes(range(256))  # not UTF-8
+    encoded = base64.b64encode(raw).decode()
+    r = await http.post(
+        "/gateway/send",
+        json={
+            "to_agent_id": "files",
+            "wait": True,
+            "content": [{"type": "file", "name": "blob.bin", "bytes": encoded}],
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert seen == [raw]
+    assert r.json()["result"]["content"][0]["bytes"] == encoded
