@@ -1,7 +1,8 @@
 """`python -m tests.bench` (`make bench`): start local servers, run the benchmarks, report.
 
-Prints the results as markdown and rewrites their section of docs/BENCHMARKS.md.
-`--profile` instead profiles the SDK path at concurrency 64 and prints the profile.
+Prints the results as markdown and rewrites their sections of docs/BENCHMARKS.md: `bus`
+(MeshClient.ask against raw nats-py) and `gateway` (the HTTP and WebSocket gateway as a
+process of its own). `--profile` instead profiles the SDK path at concurrency 64.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from pathlib import Path
 
 from broker.servers import NatsServer, RedisServer
 from broker.settings import Settings
-from tests.bench import bus, report
+from tests.bench import bus, gateway, gateway_report, report
+
+SECTIONS = ("bus", "gateway")
+
+
+def _prefix() -> str:
+    return f"bench{uuid.uuid4().hex[:8]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,10 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="profile the SDK path at concurrency 64"
     )
+    parser.add_argument("--only", choices=SECTIONS, help="run one benchmark (default: all)")
     parser.add_argument(
         "--no-write", action="store_true", help=f"print only; leave {report.DOCS.name} alone"
     )
     args = parser.parse_args(argv)
+    chosen = [args.only] if args.only else list(SECTIONS)
+    bodies: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="agentmesh-bench-") as tmp:
         nats_server = NatsServer(data_dir=Path(tmp) / "nats")
         redis_server = RedisServer(data_dir=Path(tmp) / "redis")
@@ -34,22 +44,34 @@ def main(argv: list[str] | None = None) -> int:
             nats_server.start()
             redis_server.start()
             settings = Settings(
-                nats_url=nats_server.url,
-                redis_url=redis_server.url,
-                prefix=f"bench{uuid.uuid4().hex[:8]}",
+                nats_url=nats_server.url, redis_url=redis_server.url, prefix=_prefix()
             )
             if args.profile:
                 print(asyncio.run(bus.profile(settings)))
                 return 0
-            results = asyncio.run(bus.compare(settings))
-            body = bus.section(results)  # needs nats-server for its version
+            if "bus" in chosen:
+                results = asyncio.run(bus.compare(settings))
+                bodies["bus"] = bus.section(results)  # needs nats-server for its version
+            if "gateway" in chosen:
+                logs = Path(tmp) / "logs"
+                logs.mkdir()
+                pids = {"nats-server": nats_server.pid, "redis-server": redis_server.pid}
+                measured = asyncio.run(
+                    gateway.run_all(
+                        settings.with_(prefix=_prefix()),
+                        logs=logs,
+                        server_pids={k: v for k, v in pids.items() if v is not None},
+                    )
+                )
+                bodies["gateway"] = gateway_report.section(measured)
         finally:
             redis_server.stop()
             nats_server.stop()
-    print(body)
-    if not args.no_write:
-        report.write_section("bus", body)
-        print(f"wrote {report.DOCS}", file=sys.stderr)
+    for name, body in bodies.items():
+        print(body)
+        if not args.no_write:
+            report.write_section(name, body)
+            print(f"wrote the {name} section of {report.DOCS}", file=sys.stderr)
     return 0
 
 

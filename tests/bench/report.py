@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -18,10 +19,12 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "BENCHMARKS.md"
 HEADER = """\
 # Benchmarks
 
-Run them with `make bench` (it runs `.venv/bin/python -m tests.bench`; set `BENCH_SCALE=0.2`
-for a quick run with fewer requests). Each path is measured side by side with its baseline in
-the same run, so the ratios are what to compare across machines. The numbers below are from one
-run on the machine described in each section.
+Run them with `make bench` (it runs `.venv/bin/python -m tests.bench`; `--only bus` or
+`--only gateway` runs one section, `--no-write` only prints; set `BENCH_SCALE=0.2` for a quick
+run with fewer requests and shorter windows, `BENCH_WS_AGENTS=N` for another number of WebSocket
+agents). Each path is measured side by side with its baseline in the same run, so the ratios are
+what to compare across machines. The numbers below are from one run on the machine described in
+each section.
 
 Each section is rewritten by its benchmark between its `<!-- bench:NAME:start -->` and
 `<!-- bench:NAME:end -->` markers; text outside the markers is kept.
@@ -37,9 +40,12 @@ def _first(path: str, pattern: str) -> str:
     return found.group(1).strip().strip('"') if found else "unknown"
 
 
+def cpus() -> int:
+    return len(os.sched_getaffinity(0))  # what `nproc` prints
+
+
 def machine() -> str:
     """One line describing where the numbers come from."""
-    cpus = len(os.sched_getaffinity(0))  # what `nproc` prints
     model = _first("/proc/cpuinfo", r"^model name\s*:\s*(.+)$")
     mem_kb = _first("/proc/meminfo", r"^MemTotal:\s*(\d+)")
     memory = f"{int(mem_kb) / 1024**2:.1f} GiB" if mem_kb.isdigit() else "unknown"
@@ -48,7 +54,7 @@ def machine() -> str:
         [find_nats_server(), "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
     return (
-        f"{cpus} CPUs ({model}), {memory} RAM, {system}, "
+        f"{cpus()} CPUs ({model}), {memory} RAM, {system}, "
         f"Python {platform.python_version()}, {nats_version or 'nats-server (unknown version)'}"
     )
 
@@ -74,14 +80,20 @@ def command() -> str:
     """How this run was started, as markdown."""
     factor = scale()
     env = "" if factor == 1.0 else f"BENCH_SCALE={factor:g} "
+    ws_agents = os.environ.get("BENCH_WS_AGENTS", "")
+    env += f"BENCH_WS_AGENTS={ws_agents} " if ws_agents else ""
+    args = "".join(f" {a}" for a in sys.argv[1:] if a != "--no-write")
+    if args:
+        return f"`{env}.venv/bin/python -m tests.bench{args}`"
     return f"`{env}make bench`, that is `{env}.venv/bin/python -m tests.bench`"
 
 
-def table(results: list[Result], baseline: str) -> str:
+def table(results: list[Result], baseline: str, *, short: str = "raw") -> str:
     """Results as a markdown table; each non-baseline row is compared with the baseline row
-    of the same concurrency."""
+    of the same concurrency (`short` names the baseline in the header)."""
     rows = [
-        "| path | concurrency | requests | req/s | p50 ms | p99 ms | req/s vs raw | added p50 ms |",
+        "| path | concurrency | requests | req/s | p50 ms | p99 ms "
+        f"| req/s vs {short} | added p50 ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = {r.concurrency: r for r in results if r.path == baseline}
