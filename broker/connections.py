@@ -23,14 +23,19 @@ def redis_unreachable(settings: Settings, exc: BaseException) -> ConnectionFaile
 
 async def connect_redis(settings: Settings, *, check: bool = True) -> aioredis.Redis:
     """A Redis client that reconnects (a restarted Redis is picked up on the next command)."""
-    client = aioredis.Redis.from_url(
+    # A blocking pool: at its size, callers wait for a connection instead of failing with
+    # "Too many connections" (which, under bursts, lost heartbeats and deregistrations).
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=64,
+        timeout=max(5.0, settings.connect_timeout),
         socket_connect_timeout=settings.connect_timeout,
         socket_timeout=max(5.0, settings.connect_timeout),
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=30,
     )
+    client = aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
     if check:
         try:
             await client.ping()

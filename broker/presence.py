@@ -100,6 +100,7 @@ class PresenceRegistry:
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._deregister = redis.register_script(_DEREGISTER)
         self._sweep = redis.register_script(_SWEEP)
+        self._last_sweep = -math.inf
 
     def _keys(self, agent_id: str) -> list[str]:
         k = self.subjects.key
@@ -129,6 +130,15 @@ class PresenceRegistry:
 
     async def deregister(self, agent_id: str, instance_id: str) -> bool:
         return bool(await self._deregister(keys=self._keys(agent_id), args=[agent_id, instance_id]))
+
+    def sweep_due(self, interval: float) -> bool:
+        """At most one sweep per interval per registry: a gateway holding a thousand sockets
+        shares one registry, and a sweep per socket heartbeat is wasted work."""
+        now = time.monotonic()
+        if now - self._last_sweep < interval:
+            return False
+        self._last_sweep = now
+        return True
 
     async def sweep(self) -> list[tuple[str, str]]:
         """Remove agents none of whose instances heartbeated in time; return (agent, instance)."""
@@ -247,7 +257,9 @@ class Heartbeat:
             await self._publish(
                 self.card.agent_id, self.instance.instance_id, PresenceStatus.ONLINE
             )
-        dead = [(self.card.agent_id, i) for i in gone] + await self.registry.sweep()
+        dead = [(self.card.agent_id, i) for i in gone]
+        if self.registry.sweep_due(self.interval):
+            dead += await self.registry.sweep()
         for agent_id, instance_id in dead:
             await self._publish(agent_id, instance_id, PresenceStatus.OFFLINE, "heartbeat timeout")
 

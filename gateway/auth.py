@@ -17,7 +17,7 @@ from starlette.requests import HTTPConnection
 
 from broker.errors import Forbidden, Unauthorized, Unavailable
 from broker.ratelimit import Limit
-from gateway.state import get_state
+from gateway.state import state_of
 
 
 class Scope(StrEnum):
@@ -80,7 +80,7 @@ def require(scope: Scope) -> Callable[[HTTPConnection], Awaitable[Principal]]:
     from gateway.keys import KeyStore  # gateway.keys imports Scope from here
 
     async def dependency(conn: HTTPConnection) -> Principal:
-        state = get_state(conn)
+        state = state_of(conn)
         if not state.config.auth:
             return ANONYMOUS
         key = presented_key(conn)

@@ -48,6 +48,14 @@ class GatewayState:
     started_at: float = field(default_factory=time.time)
 
 
-def get_state(conn: HTTPConnection) -> GatewayState:
-    """FastAPI dependency: the replica's state (set up by the app's lifespan)."""
+def state_of(conn: HTTPConnection) -> GatewayState:
+    """The replica's state, for code that is not a FastAPI dependency."""
+    return conn.app.state.gateway
+
+
+async def get_state(conn: HTTPConnection) -> GatewayState:
+    """FastAPI dependency: the replica's state (set up by the app's lifespan).
+
+    `async` on purpose: FastAPI runs a plain `def` dependency in a worker thread, per request.
+    """
     return conn.app.state.gateway

@@ -36,7 +36,7 @@ from broker.types import Request
 from gateway import frames
 from gateway.auth import Principal, Scope, require
 from gateway.frames import ChunkFrame, HeartbeatFrame, ResultFrame, SendFrame
-from gateway.state import GatewayState, get_state
+from gateway.state import GatewayState, state_of
 from schemas.agent import AgentCard, InstanceInfo
 from schemas.codec import decode, encode
 from schemas.envelope import Chunk, Message, new_id
@@ -67,7 +67,7 @@ class _Gone(Exception):
 @router.websocket("/gateway/connect")
 async def connect(websocket: WebSocket) -> None:
     """Attach as an agent: `?agent_id=...&agent_name=...&capabilities=[...]`."""
-    state = get_state(websocket)
+    state = state_of(websocket)
     try:
         principal = await require(Scope.CONNECT)(websocket)
         card = frames.card_from_query(websocket.query_params)
