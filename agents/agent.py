@@ -31,7 +31,7 @@ from broker.subjects import validate_id
 from broker.types import Request
 from schemas.agent import AgentCard, InstanceInfo, Owner
 from schemas.codec import decode, encode, encode_message
-from schemas.envelope import Chunk, Message, TextPart, to_parts
+from schemas.envelope import Chunk, Message, merge_text, to_parts
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class Agent:
             parts: list[Any] = []
             async for item in chunks:
                 parts.extend(to_parts(item))
-            return self._reply(msg, _merge_text(parts))
+            return self._reply(msg, merge_text(parts))
         value = fn(msg, ctx)
         if inspect.isawaitable(value):
             value = await value
@@ -230,14 +230,3 @@ class Agent:
 async def _encode_chunks(chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
     async for item in chunks:
         yield encode(item if isinstance(item, Chunk) else Chunk(content=to_parts(item)))
-
-
-def _merge_text(parts: list[Any]) -> list[Any]:
-    """Join runs of text parts, so a streamed reply read whole is one text."""
-    out: list[Any] = []
-    for part in parts:
-        if isinstance(part, TextPart) and out and isinstance(out[-1], TextPart):
-            out[-1] = TextPart(text=out[-1].text + part.text)
-        else:
-            out.append(part)
-    return out

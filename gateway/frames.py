@@ -19,7 +19,15 @@ from broker.errors import InvalidMessage, MeshError, RateLimited, error_from_inf
 from broker.subjects import validate_id
 from gateway.models import iso
 from schemas.agent import AgentCard
-from schemas.envelope import Chunk, DataPart, FilePart, Message, Part, TextPart, to_parts
+from schemas.envelope import (
+    Chunk,
+    DataPart,
+    FilePart,
+    Message,
+    Part,
+    TextPart,
+    to_parts,
+)
 from schemas.errors import ErrorCode, ErrorInfo
 
 MAX_CAPABILITIES = 64
@@ -286,17 +294,6 @@ def error(exc: MeshError, *, message_id: str | None = None) -> dict[str, Any]:
     if details:
         frame["details"] = details
     return frame
-
-
-def merge_text(parts: list[Any]) -> list[Any]:
-    """Join runs of text parts, so streamed chunks read whole are one text."""
-    out: list[Any] = []
-    for part in parts:
-        if isinstance(part, TextPart) and out and isinstance(out[-1], TextPart):
-            out[-1] = TextPart(text=out[-1].text + part.text)
-        else:
-            out.append(part)
-    return out
 
 
 def _json_default(value: object) -> Any:

@@ -39,7 +39,7 @@ from gateway.frames import ChunkFrame, HeartbeatFrame, ResultFrame, SendFrame
 from gateway.state import GatewayState, state_of
 from schemas.agent import AgentCard, InstanceInfo
 from schemas.codec import decode, encode
-from schemas.envelope import Chunk, Message, new_id
+from schemas.envelope import Chunk, Message, merge_text, new_id
 from schemas.errors import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -323,7 +323,7 @@ class Session:
                 if isinstance(item, Chunk):
                     parts.extend(item.content)
                 else:
-                    return encode(self._reply(msg, item, frames.merge_text(parts + item.parts())))
+                    return encode(self._reply(msg, item, merge_text(parts + item.parts())))
 
     async def _stream(self, msg: Message) -> AsyncIterator[bytes]:
         async with self._delivery(msg, stream=True) as delivery:

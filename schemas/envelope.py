@@ -99,6 +99,17 @@ def to_parts(value: Any) -> list[Any]:
     return [DataPart(data=value)]
 
 
+def merge_text(parts: list[Any]) -> list[Any]:
+    """Join runs of text parts, so a streamed reply read whole is one text."""
+    out: list[Any] = []
+    for part in parts:
+        if isinstance(part, TextPart) and out and isinstance(out[-1], TextPart):
+            out[-1] = TextPart(text=out[-1].text + part.text)
+        else:
+            out.append(part)
+    return out
+
+
 class _Content(BaseModel):
     content: list[Part] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)

@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from agents.agent import Agent
 from agents.client import MeshClient
+from broker.connections import connect_redis
 from broker.servers import NatsServer, RedisServer
 from broker.settings import Settings
 
@@ -109,3 +111,11 @@ async def start_agent(settings: Settings) -> AsyncIterator[StartAgent]:
     yield start
     for agent in reversed(started):
         await agent.stop()
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """A Redis client on this test's server (keys of other tests differ by prefix)."""
+    client = await connect_redis(settings)
+    yield client
+    await client.aclose()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,13 +17,6 @@ from broker.subjects import Subjects
 from schemas.agent import AgentCard, InstanceInfo, PresenceStatus
 
 TIMEOUT = 0.5
-
-
-@pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = await connect_redis(settings)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

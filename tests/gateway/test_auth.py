@@ -34,13 +34,6 @@ SEND_BODY = {"to_agent_id": "echo", "content": [{"type": "text", "text": "hi"}],
 
 
 @pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = await connect_redis(settings)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 def keys(redis: aioredis.Redis, settings: Settings) -> KeyStore:
     return KeyStore(redis, Subjects(settings.prefix))
 

@@ -12,7 +12,6 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -21,7 +20,6 @@ import redis.asyncio as aioredis
 
 from agents.agent import Agent
 from agents.context import Context
-from broker.connections import connect_redis
 from broker.settings import Settings
 from broker.subjects import Subjects
 from gateway.state import GatewayConfig
@@ -77,13 +75,6 @@ def recorder(agent_id: str = "triage") -> Recorder:
         received.put_nowait(msg)
 
     return Recorder(agent, received)
-
-
-@pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = await connect_redis(settings)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
