@@ -8,6 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from agents.llm import LLM
 from broker.bus import Bus
 from broker.connections import connect_redis
 from broker.errors import AgentNotFound
@@ -146,6 +147,10 @@ class MeshClient:
             metadata=metadata,
         )
         return subject, body
+
+    def llm(self, alias: str) -> LLM:
+        """A model alias served by LLM workers: `await mesh.llm("gpt-4.1-mini").chat(msgs)`."""
+        return LLM(self.bus, alias)
 
     # Presence ------------------------------------------------------------------------------
     async def registry(self) -> PresenceRegistry:

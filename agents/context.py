@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agents.client import MeshClient
+from agents.llm import LLM
 from broker.types import Request
 from schemas.envelope import Chunk, Message
 
@@ -52,6 +53,10 @@ class Context:
         """Whether this call was cancelled (read it from within the handler)."""
         task = asyncio.current_task()
         return task is not None and task.cancelling() > 0
+
+    def llm(self, alias: str) -> LLM:
+        """A model alias: `await ctx.llm("gpt-4.1-mini").chat(messages, stream=...)`."""
+        return self.mesh.llm(alias)
 
     async def ask(self, agent_id: str, content: Any, **kw: Any) -> Message:
         kw.setdefault("conversation_id", self.conversation_id)

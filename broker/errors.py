@@ -2,6 +2,7 @@
 
     MeshError
     ├── AgentNotFound            AGENT_NOT_FOUND
+    ├── ModelNotFound            MODEL_NOT_FOUND
     ├── InvalidMessage           INVALID_MESSAGE
     │   └── InvalidId            INVALID_ID
     ├── PayloadTooLarge          PAYLOAD_TOO_LARGE
@@ -43,6 +44,10 @@ class MeshError(Exception):
 
 class AgentNotFound(MeshError):
     code = ErrorCode.AGENT_NOT_FOUND
+
+
+class ModelNotFound(MeshError):
+    code = ErrorCode.MODEL_NOT_FOUND
 
 
 class InvalidMessage(MeshError):
@@ -98,6 +103,7 @@ _BY_CODE: dict[ErrorCode, type[MeshError]] = {
     cls.code: cls
     for cls in (
         AgentNotFound,
+        ModelNotFound,
         InvalidMessage,
         InvalidId,
         PayloadTooLarge,

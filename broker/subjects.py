@@ -104,6 +104,13 @@ class Subjects:
         """Cancels whose target instance is not yet known; every instance listens."""
         return f"{self.prefix}.ctl._all"
 
+    def llm(self, alias: str) -> str:
+        """Calls to a model alias, served by LLM workers in the queue group of the same name.
+
+        Aliases are escaped, not refused: `gpt-4.1` is `<p>.llm.gpt-4~2e1`.
+        """
+        return f"{self.prefix}.llm.{escape_token(alias, what='model')}"
+
     def presence_events(self, agent_id: str | None = None) -> str:
         """Presence changes: `<p>.presence.<agent_id>`; `None` gives the wildcard for watching."""
         return f"{self.prefix}.presence.{'*' if agent_id is None else validate_id(agent_id)}"

@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "UNAVAILABLE"  # the instance handling the call went silent or away
     CANCELLED = "CANCELLED"  # the caller cancelled the call
     INTERNAL = "INTERNAL"  # the handler failed; the message says how
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"  # no LLM worker serves the model alias now
     NOT_FOUND = "NOT_FOUND"  # no such route or resource (other than an agent)
 
 

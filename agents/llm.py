@@ -1,0 +1,66 @@
+"""Calling models over the bus: `await mesh.llm("gpt-4.1-mini").chat(messages)`.
+
+Requests and replies are OpenAI chat-completions shaped dicts, whatever the provider behind
+the alias; LLM workers translate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from broker.bus import Bus
+from broker.errors import AgentNotFound, ModelNotFound
+from broker.types import Kind
+from schemas.codec import pack, unpack
+
+
+class LLM:
+    """One model alias. Get it from `MeshClient.llm(alias)` or `ctx.llm(alias)`."""
+
+    def __init__(self, bus: Bus, alias: str) -> None:
+        self.bus = bus
+        self.alias = alias
+        self.subject = bus.subjects.llm(alias)  # validates (escapes) the alias
+
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        stream: bool = False,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> Any:
+        """A `chat.completion` dict; with `stream=True`, an async iterator of chunk dicts.
+
+        Args:
+            messages: OpenAI-style messages (`{"role": ..., "content": ...}`).
+            params: any other chat-completions field (`tools`, `temperature`, ...).
+
+        Raises:
+            ModelNotFound: no worker serves the alias now.
+            MeshError: what the worker reports (RATE_LIMIT, UNAVAILABLE, INVALID_MESSAGE, ...).
+        """
+        body = pack({**params, "model": self.alias, "messages": messages})
+        if stream:
+            return self._stream(body, timeout)
+        try:
+            frame = await self.bus.request(self.subject, body, timeout=timeout)
+        except AgentNotFound:
+            raise self._not_served() from None
+        return unpack(frame.data)
+
+    async def _stream(self, body: bytes, timeout: float | None) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async with aclosing(self.bus.stream(self.subject, body, timeout=timeout)) as frames:
+                async for frame in frames:
+                    if frame.kind is Kind.CHUNK:
+                        yield unpack(frame.data)
+        except AgentNotFound:
+            raise self._not_served() from None
+
+    def _not_served(self) -> ModelNotFound:
+        return ModelNotFound(
+            f"no LLM worker serves model '{self.alias}'", details={"model": self.alias}
+        )

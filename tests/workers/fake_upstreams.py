@@ -1,0 +1,123 @@
+"""Small real HTTP servers that speak a provider's wire format, scripted per test.
+
+`FakeOpenAI` answers `POST /v1/chat/completions` like OpenAI: JSON, or SSE when `stream` is
+set. Queue failures with `fail(status, retry_after=...)`; every request body is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from broker.servers import free_port
+
+
+class FakeOpenAI:
+    def __init__(self, *, reply: str = "hello from upstream", latency: float = 0.0) -> None:
+        self.reply = reply
+        self.latency = latency
+        self.requests: list[dict[str, Any]] = []
+        self.failures: list[tuple[int, float | None]] = []
+        self.port = free_port()
+        app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            )
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def fail(self, status: int, *, retry_after: float | None = None, times: int = 1) -> None:
+        self.failures.extend([(status, retry_after)] * times)
+
+    async def start(self) -> FakeOpenAI:
+        self._task = asyncio.create_task(self.server.serve())
+        async with asyncio.timeout(10):
+            while not self.server.started:  # noqa: ASYNC110 - uvicorn has no started event
+                await asyncio.sleep(0.01)
+        return self
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append({"body": body, "headers": dict(request.headers)})
+        if self.latency:
+            await asyncio.sleep(self.latency)  # the upstream's own latency, part of the script
+        if self.failures:
+            status, retry_after = self.failures.pop(0)
+            headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
+            return JSONResponse(
+                {"error": {"message": f"scripted {status}", "type": "server_error"}},
+                status,
+                headers=headers,
+            )
+        base = {
+            "id": f"chatcmpl-{time.time_ns()}",
+            "created": int(time.time()),
+            "model": body["model"],
+        }
+        if body.get("tools"):
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {
+                            "name": body["tools"][0]["function"]["name"],
+                            "arguments": json.dumps({"city": "Paris"}),
+                        },
+                    }
+                ],
+            }
+            finish = "tool_calls"
+        else:
+            message, finish = {"role": "assistant", "content": self.reply}, "stop"
+        usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "usage": usage,
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                }
+            )
+
+        async def events() -> AsyncIterator[bytes]:
+            chunk = {**base, "object": "chat.completion.chunk"}
+            pieces = [self.reply[i : i + 5] for i in range(0, len(self.reply), 5)]
+            if message.get("tool_calls"):
+                deltas = [
+                    {"role": "assistant", "tool_calls": [{"index": 0, **message["tool_calls"][0]}]}
+                ]
+            else:
+                deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in pieces]
+            for delta in deltas:
+                c = {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                yield f"data: {json.dumps(c)}\n\n".encode()
+            end = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+            yield f"data: {json.dumps(end)}\n\n".encode()
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield f"data: {json.dumps({**chunk, 'choices': [], 'usage': usage})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")

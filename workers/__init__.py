@@ -1,0 +1,1 @@
+"""Workers that serve shared services on the bus: LLM workers and MCP tool workers."""

@@ -1,0 +1,136 @@
+"""`models.yaml`: which aliases a worker serves and the deployments behind each, in order.
+
+models:
+  - name: gpt-4.1-mini            # the alias callers use (dots allowed)
+    deployments:
+      - provider: openai           # openai (OpenAI-compatible) | anthropic | ollama | echo
+        base_url: https://api.openai.com/v1
+        model: gpt-4.1-mini
+        api_key: ${OPENAI_API_KEY} # environment variables are expanded (${VAR:-default} too)
+        priority: 0                # lower first; failover goes up the list
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "ollama": "http://127.0.0.1:11434",
+    "echo": "",
+}
+
+
+class ConfigError(ValueError):
+    """The models file is unreadable or invalid; the message names the file and the field."""
+
+
+class Deployment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Literal["openai", "anthropic", "ollama", "echo"]
+    model: str = Field(min_length=1)
+    base_url: str | None = None
+    api_key: str | None = None
+    priority: int = 0
+    timeout: float = Field(60.0, gt=0, description="Seconds for one upstream call.")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return (self.base_url or DEFAULT_BASE_URLS[self.provider]).rstrip("/")
+
+    @property
+    def key(self) -> str:
+        """Stable across workers: the id under which its cooldown is shared in Redis."""
+        raw = f"{self.provider}|{self.url}|{self.model}".encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+    def describe(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=256)
+    deployments: list[Deployment] = Field(min_length=1)
+
+    @field_validator("deployments")
+    @classmethod
+    def _by_priority(cls, value: list[Deployment]) -> list[Deployment]:
+        return sorted(value, key=lambda d: d.priority)  # stable: file order breaks ties
+
+
+class LLMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ModelConfig] = Field(min_length=1)
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, value: list[ModelConfig]) -> list[ModelConfig]:
+        names = [m.name for m in value]
+        if len(set(names)) != len(names):
+            raise ValueError("model names must be unique")
+        return value
+
+    @classmethod
+    def load(cls, path: str | Path, environ: Mapping[str, str] | None = None) -> LLMConfig:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        return cls.parse(raw, source=str(path), environ=environ)
+
+    @classmethod
+    def parse(
+        cls, raw: Any, *, source: str = "<config>", environ: Mapping[str, str] | None = None
+    ) -> LLMConfig:
+        env = os.environ if environ is None else environ
+        try:
+            return cls.model_validate(_expand(raw, env, ""))
+        except ValidationError as exc:
+            reasons = "; ".join(
+                f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(f"{source}: {reasons}") from None
+        except KeyError as exc:
+            raise ConfigError(f"{source}: {exc.args[0]}") from None
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def _expand(value: Any, env: Mapping[str, str], where: str) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string; an unset VAR without default fails."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise KeyError(f"{where or 'value'}: environment variable {name} is not set")
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, list):
+        return [_expand(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _expand(v, env, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    return value
