@@ -1,4 +1,10 @@
-"""The gateway's error format, `{"error": {"code", "message"}}`, and HTTP statuses per code."""
+"""The gateway's errors: HTTP statuses per code, in each API's own format.
+
+The mesh's own routes answer `{"error": {"code", "message", "details"?}}`; the OpenAI-compatible
+routes (`/v1/...`) answer OpenAI's `{"error": {"message", "type", "param", "code"}}` and the
+Anthropic-compatible `/v1/messages` answers `{"type": "error", "error": {"type", "message"}}`,
+so each API's own SDK raises its own exceptions.
+"""
 
 from __future__ import annotations
 
@@ -46,7 +52,70 @@ def error_body(
     return {"error": error}
 
 
-def error_response(exc: MeshError) -> JSONResponse:
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+_OPENAI_CODES = {
+    ErrorCode.MODEL_NOT_FOUND: "model_not_found",
+    ErrorCode.RATE_LIMIT: "rate_limit_exceeded",
+    ErrorCode.UNAUTHORIZED: "invalid_api_key",
+}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def api_of(path: str) -> str:
+    """Which API's error format a path speaks: "mesh", "openai" or "anthropic"."""
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if path.startswith("/v1/") and not path.startswith("/v1/tools"):
+        return "openai"
+    return "mesh"
+
+
+def render(
+    path: str,
+    status: int,
+    code: ErrorCode | str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    api = api_of(path)
+    if api == "openai":
+        body: dict[str, Any] = {
+            "error": {
+                "message": message,
+                "type": _OPENAI_TYPES.get(status, "api_error"),
+                "param": None,
+                "code": _OPENAI_CODES.get(code, str(code).lower()),  # type: ignore[call-overload]
+            }
+        }
+    elif api == "anthropic":
+        body = {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
+        }
+    else:
+        body = error_body(code, message, details)
+    return JSONResponse(body, status, headers=headers)
+
+
+def error_response(exc: MeshError, path: str = "") -> JSONResponse:
     status = 403 if isinstance(exc, Forbidden) else STATUS.get(exc.code, 500)
     headers = {}
     details = exc.details
@@ -57,7 +126,7 @@ def error_response(exc: MeshError) -> JSONResponse:
             details = {**details, "retry_after": None}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(error_body(exc.code, exc.message, details or None), status, headers=headers)
+    return render(path, status, exc.code, exc.message, details or None, headers)
 
 
 def install(app: FastAPI) -> None:
@@ -65,7 +134,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(MeshError)
     async def mesh_error(request: Request, exc: MeshError) -> JSONResponse:
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -73,8 +142,8 @@ def install(app: FastAPI) -> None:
             f"{'.'.join(str(x) for x in e['loc'] if x != 'body') or 'body'}: {e['msg']}"
             for e in exc.errors()
         )
-        return JSONResponse(
-            error_body(ErrorCode.INVALID_MESSAGE, reasons or "invalid request"), 422
+        return render(
+            request.url.path, 422, ErrorCode.INVALID_MESSAGE, reasons or "invalid request"
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -84,4 +153,4 @@ def install(app: FastAPI) -> None:
             message = f"no route {request.url.path}"
         else:
             message = str(exc.detail)
-        return JSONResponse(error_body(code, message), exc.status_code, headers=exc.headers)
+        return render(request.url.path, exc.status_code, code, message, headers=exc.headers)

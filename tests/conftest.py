@@ -22,6 +22,9 @@ from broker.connections import connect_redis
 from broker.servers import NatsServer, RedisServer
 from broker.settings import Settings
 
+# LLM workers and fake upstreams, for the worker and gateway tests alike.
+pytest_plugins = ["tests.workers.fixtures"]
+
 _counter = itertools.count()
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from agents.client import MeshClient
 from broker.errors import InvalidMessage, ModelNotFound, RateLimited, Unavailable
-from tests.workers.conftest import StartWorker
+from tests.workers.fixtures import StartWorker
 from tests.workers.fake_upstreams import FakeOpenAI
 
 HELLO = [{"role": "user", "content": "hello mesh"}]

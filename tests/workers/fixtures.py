@@ -1,4 +1,4 @@
-"""LLM workers on this test's mesh, and fake upstreams that stop after the test."""
+"""Fixtures (a plugin of the root conftest): LLM workers on this test's mesh, fake upstreams."""
 
 from __future__ import annotations
 

@@ -1,0 +1,116 @@
+"""The OpenAI-compatible LLM API: `POST /v1/chat/completions` and `GET /v1/models`.
+
+The body goes to the alias's LLM workers over the bus unchanged (unknown fields pass through);
+a stream is relayed as OpenAI's server-sent events ending in `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from agents.llm import LLM
+from broker.errors import InvalidMessage, MeshError
+from gateway.auth import Principal, Scope, require
+from gateway.errors import STATUS
+from gateway.state import GatewayState, get_state
+from workers.llm.registry import ModelRegistry
+
+router = APIRouter(tags=["llm"])
+
+
+async def read_chat_request(request: Request) -> dict[str, Any]:
+    """The JSON body of a chat request, checked just enough to route it."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise InvalidMessage(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidMessage("the body must be a JSON object")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise InvalidMessage("'model' is required (a model alias served by the mesh)")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise InvalidMessage("'messages' must be a non-empty list")
+    return body
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(
+    request: Request,
+    state: GatewayState = Depends(get_state),
+    _: Principal = Depends(require(Scope.SEND)),
+) -> Any:
+    body = await read_chat_request(request)
+    alias = body.pop("model")
+    messages = body.pop("messages")
+    stream = bool(body.pop("stream", False))
+    llm = LLM(state.bus, alias)
+    if not stream:
+        return JSONResponse(await llm.chat(messages, **body))
+    chunks = await llm.chat(messages, stream=True, **body)
+    # The first chunk is awaited here, so a failure before any token is a plain HTTP error.
+    first = await anext(chunks, None)
+    return StreamingResponse(
+        _sse(first, chunks), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+    )
+
+
+async def _sse(
+    first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[bytes]:
+    async with aclosing(chunks):  # type: ignore[type-var]
+        try:
+            if first is not None:
+                yield _event(first)
+            async for chunk in chunks:
+                yield _event(chunk)
+        except MeshError as exc:
+            # Headers are gone: OpenAI's clients read an `error` event as the failure.
+            yield _event(
+                {
+                    "error": {
+                        "message": exc.message,
+                        "type": "api_error",
+                        "code": str(exc.code).lower(),
+                        "status": STATUS.get(exc.code, 500),
+                    }
+                }
+            )
+            return
+    yield b"data: [DONE]\n\n"
+
+
+def _event(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":"), default=_default).encode() + b"\n\n"
+
+
+def _default(value: object) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+@router.get("/v1/models")
+async def list_models(
+    state: GatewayState = Depends(get_state),
+    _: Principal = Depends(require(Scope.AGENTS_READ)),
+) -> dict[str, Any]:
+    """The aliases that live LLM workers serve now."""
+    registry = ModelRegistry(
+        state.redis, state.bus.subjects, timeout=state.settings.heartbeat_timeout
+    )
+    created = int(time.time())
+    return {
+        "object": "list",
+        "data": [
+            {"id": alias, "object": "model", "created": created, "owned_by": "agentmesh"}
+            for alias in await registry.list()
+        ],
+    }
