@@ -16,6 +16,7 @@ import typer
 
 from agentmesh.cli_keys import keys_app
 from agentmesh.cli_webhooks import webhooks_app
+from agentmesh.cli_worker import worker_app
 from broker.errors import ConnectionFailed, MeshError
 from broker.servers import ServerError
 from broker.settings import Settings
@@ -32,6 +33,7 @@ agent_app = typer.Typer(help="Run agents.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(keys_app, name="keys")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(worker_app, name="worker")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -78,9 +80,14 @@ def up(
     gateway_port: int = typer.Option(8001, help="Port for the gateway (HTTP, WebSocket)."),
     no_gateway: bool = typer.Option(False, "--no-gateway", help="Do not start the gateway."),
     no_echo: bool = typer.Option(False, "--no-echo", help="Do not start the demo echo agent."),
+    no_llm: bool = typer.Option(
+        False, "--no-llm", help="Do not start the LLM worker (echo model, keys from the env)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run a local mesh: nats-server (JetStream), redis-server, the gateway and the echo agent."""
+    """Run a local mesh: nats-server (JetStream), redis-server, the gateway, the echo agent and
+    an LLM worker (the built-in echo model, plus OpenAI, Anthropic or Ollama models when their
+    keys are set or a local Ollama answers)."""
     from agentmesh.local import LocalMesh
 
     _setup_logging(verbose)
@@ -91,7 +98,7 @@ def up(
         prefix=_settings().prefix,
         gateway_port=None if no_gateway else gateway_port,
     )
-    _run(lambda: mesh.run(echo=not no_echo))
+    _run(lambda: mesh.run(echo=not no_echo, llm=not no_llm))
 
 
 @app.command()

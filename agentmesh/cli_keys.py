@@ -1,12 +1,15 @@
-"""`agentmesh keys`: create, list and revoke the gateway's API keys (straight in Redis)."""
+"""`agentmesh keys`: create, list and revoke the gateway's API keys, and show their LLM usage
+(straight in Redis)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import redis.asyncio as aioredis
 import typer
 from redis.exceptions import RedisError
 
@@ -18,6 +21,7 @@ from broker.ratelimit import Limit
 from broker.settings import Settings
 from broker.subjects import Subjects
 from gateway.keys import DEFAULT_SCOPES, KeyRecord, KeyStore, parse_scopes, validate_name
+from gateway.usage import FIELDS, Usage, UsageStore
 
 T = TypeVar("T")
 
@@ -28,10 +32,14 @@ keys_app = typer.Typer(
 
 
 def _with_store(settings: Settings, use: Callable[[KeyStore], Awaitable[T]]) -> T:
+    return _with_redis(settings, lambda redis, subjects: use(KeyStore(redis, subjects)))
+
+
+def _with_redis(settings: Settings, use: Callable[[aioredis.Redis, Subjects], Awaitable[T]]) -> T:
     async def main() -> T:
         redis = await connect_redis(settings)
         try:
-            return await use(KeyStore(redis, Subjects(settings.prefix)))
+            return await use(redis, Subjects(settings.prefix))
         except (RedisError, OSError) as exc:
             raise redis_unreachable(settings, exc) from None
         finally:
@@ -48,6 +56,21 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def _limit(text: str | None, what: str) -> Limit | None:
+    if text is None:
+        return None
+    try:
+        return Limit.parse(text)
+    except ValueError as exc:
+        raise InvalidMessage(str(exc).replace("rate limit", what, 1)) from None
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
 @keys_app.command()
 def create(
     name: str = typer.Argument(..., help="What the key is for (1-64 printable characters)."),
@@ -61,27 +84,35 @@ def create(
     rate_limit: str | None = typer.Option(
         None, "--rate-limit", "-r", help="N/SECONDS, e.g. 100/60 or 1000/h, shared by replicas."
     ),
+    token_limit: str | None = typer.Option(
+        None,
+        "--token-limit",
+        "-t",
+        help="LLM tokens N/SECONDS, e.g. 10000/60: each call reserves an estimate, corrected "
+        "from its actual usage.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the key."),
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
     try:
         validate_name(name)
         scopes = parse_scopes(",".join(scope)) if scope else DEFAULT_SCOPES
-        limit = Limit.parse(rate_limit) if rate_limit is not None else None
+        limit = _limit(rate_limit, "rate limit")
+        tokens = _limit(token_limit, "token limit")
     except InvalidMessage as exc:
         raise _cli._fail(exc.message) from None
-    except ValueError as exc:
-        raise _cli._fail(str(exc)) from None
     settings = _cli._settings()
     key, record = _with_store(
-        settings, lambda store: store.create(name, scopes=scopes, rate_limit=limit)
+        settings,
+        lambda store: store.create(name, scopes=scopes, rate_limit=limit, token_limit=tokens),
     )
     if quiet:
         typer.echo(key)
         return
     typer.echo(f"created key {record.key_id} ({record.name})")
-    typer.echo(f"  scopes:     {_scopes_text(record).replace(',', ', ')}")
-    typer.echo(f"  rate limit: {record.rate_limit or 'none'}")
+    typer.echo(f"  scopes:      {_scopes_text(record).replace(',', ', ')}")
+    typer.echo(f"  rate limit:  {record.rate_limit or 'none'}")
+    typer.echo(f"  token limit: {record.token_limit or 'none'}")
     typer.echo("")
     typer.echo(key)
     typer.echo("")
@@ -99,6 +130,7 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
                 "name": r.name,
                 "scopes": sorted(s.value for s in r.scopes),
                 "rate_limit": None if r.rate_limit is None else str(r.rate_limit),
+                "token_limit": None if r.token_limit is None else str(r.token_limit),
                 "created_at": _iso(r.created_at),
             }
             for r in records
@@ -108,14 +140,11 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     if not records:
         typer.echo("no keys")
         return
-    table = [("ID", "NAME", "SCOPES", "RATE LIMIT", "CREATED")]
+    table = [("ID", "NAME", "SCOPES", "RATE LIMIT", "TOKEN LIMIT", "CREATED")]
     for r in records:
-        table.append(
-            (r.key_id, r.name, _scopes_text(r), str(r.rate_limit or "-"), _iso(r.created_at))
-        )
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        limits = (str(r.rate_limit or "-"), str(r.token_limit or "-"))
+        table.append((r.key_id, r.name, _scopes_text(r), *limits, _iso(r.created_at)))
+    _table(table)
 
 
 @keys_app.command()
@@ -126,3 +155,24 @@ def revoke(
     if not _with_store(_cli._settings(), lambda store: store.revoke(key_id)):
         raise _cli._fail(f"no key with id {key_id!r} (see `agentmesh keys list`)")
     typer.echo(f"revoked key {key_id}")
+
+
+@keys_app.command()
+def usage(
+    key_id: str | None = typer.Argument(
+        None, help="Only this key (see `agentmesh keys list`; `anonymous` for calls without one)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """LLM usage per key and model: requests, tokens and errors, counted by every gateway."""
+    rows: list[Usage] = _with_redis(
+        _cli._settings(), lambda redis, subjects: UsageStore(redis, subjects).read(key_id)
+    )
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    if not rows:
+        typer.echo("no usage" + (f" for key {key_id}" if key_id else ""))
+        return
+    header = ("KEY", "MODEL", *(f.replace("_tokens", "").upper() for f in FIELDS))
+    _table([header, *((r.key_id, r.model, *(str(getattr(r, f)) for f in FIELDS)) for r in rows)])

@@ -15,6 +15,9 @@ from typing import Any
 
 from broker.servers import LocalServer, NatsServer, RedisServer
 from broker.settings import Settings
+from workers.llm.config import LLMConfig
+from workers.llm.defaults import config_from_env, describe
+from workers.llm.worker import LLMWorker
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +31,13 @@ class LocalMesh:
     host: str = "127.0.0.1"
     gateway_port: int | None = 8001  # None: no gateway
 
-    async def run(self, *, ready: asyncio.Event | None = None, echo: bool = True) -> None:
+    async def run(
+        self, *, ready: asyncio.Event | None = None, echo: bool = True, llm: bool = True
+    ) -> None:
         servers: list[LocalServer] = []
         agents = []
         gateway = gateway_task = None
+        worker: LLMWorker | None = None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -51,12 +57,20 @@ class LocalMesh:
                 agents.append(echo_agent)
             if self.gateway_port is not None:
                 gateway, gateway_task = await self._start_gateway(settings)
-            print(self.banner(settings, servers, [a.agent_id for a in agents]), flush=True)
+            if llm:
+                # Probing for a local Ollama blocks for up to half a second: off the loop.
+                worker = LLMWorker(await asyncio.to_thread(config_from_env))
+                await worker.start(settings)
+            models = worker.config if worker is not None else None
+            print(self.banner(settings, servers, [a.agent_id for a in agents], models), flush=True)
             if ready is not None:
                 ready.set()
             await stop.wait()
             print("\nstopping the local mesh ...", flush=True)
         finally:
+            if worker is not None:
+                with contextlib.suppress(Exception):
+                    await worker.stop()
             if gateway is not None and gateway_task is not None:
                 gateway.should_exit = True
                 with contextlib.suppress(Exception):
@@ -88,7 +102,13 @@ class LocalMesh:
             await asyncio.sleep(0.01)
         return server, task
 
-    def banner(self, settings: Settings, servers: list[LocalServer], agents: list[str]) -> str:
+    def banner(
+        self,
+        settings: Settings,
+        servers: list[LocalServer],
+        agents: list[str],
+        models: LLMConfig | None = None,
+    ) -> str:
         gateway = (
             f"  Gateway http://{self.host}:{self.gateway_port}  (API docs: "
             f"http://{self.host}:{self.gateway_port}/docs)"
@@ -102,6 +122,7 @@ class LocalMesh:
             gateway,
             f"  prefix {settings.prefix}   data {self.data_dir}",
             f"  agents {', '.join(agents) or '-'}",
+            *self._models_lines(models),
             "",
             "In another terminal:",
             "  agentmesh agents                     # who is online",
@@ -115,7 +136,24 @@ class LocalMesh:
                 if self.gateway_port is not None
                 else []
             ),
+            *self._curl_lines(models),
             "",
             "Ctrl-C stops everything started here.",
         ]
         return "\n".join(lines)
+
+    def _models_lines(self, models: LLMConfig | None) -> list[str]:
+        if models is None:
+            return ["  models -"]
+        first, *rest = describe(models)
+        return [f"  models {first}", *(f"         {line}" for line in rest)]
+
+    def _curl_lines(self, models: LLMConfig | None) -> list[str]:
+        if models is None or models.model("echo") is None or self.gateway_port is None:
+            return []
+        return [
+            "  # the echo model through the OpenAI-compatible API (any OpenAI SDK works too):",
+            f"  curl http://{self.host}:{self.gateway_port}/v1/chat/completions \\",
+            "    -H 'content-type: application/json' \\",
+            '    -d \'{"model": "echo", "messages": [{"role": "user", "content": "hi"}]}\'',
+        ]

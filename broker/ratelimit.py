@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from importlib.resources import files
 
 import redis.asyncio as aioredis
@@ -58,7 +59,13 @@ class Limit:
         return cls(float(match.group(1)), period)
 
     def __str__(self) -> str:
-        return f"{self.count:g}/{self.period:g}s"
+        return f"{_plain(self.count)}/{_plain(self.period)}s"
+
+
+def _plain(value: float) -> str:
+    """`value` without an exponent, as `parse` reads it: `:g` would print 1e+06 for a million."""
+    text = format(Decimal(repr(float(value))), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,11 +58,6 @@ class Control:
             except nats.errors.Error:
                 pass  # connection already closing
 
-    def ack_if_running(self, task: asyncio.Task[None], reply: str) -> None:
-        if not task.done():
-            ack = self.bus.nc.publish(reply, b"", headers=self._ack_headers)
-            asyncio.get_running_loop().create_task(ack)
-
     async def _on_control(self, msg: Msg) -> None:
         hdrs = msg.headers or {}
         if hdrs.get(H_KIND) != Kind.CANCEL:
@@ -163,6 +158,11 @@ class Service:
             instance_id=self.bus.instance_id,
             stream=hdrs.get(H_STREAM) == "1",
         )
+        # The ack goes out before the handler can publish anything: a caller that sees any
+        # frame of the handler (or its delegations) has seen the ack, so it always knows whom
+        # to watch and to cancel. (Deferring it to skip acks for fast handlers let a replica
+        # die unobserved between its first publish and the ack: the caller hung.)
+        await self.bus.nc.publish(msg.reply, b"", headers=control._ack_headers)
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._run(request))
         control.inflight[msg.reply] = task
@@ -171,8 +171,6 @@ class Service:
         # A done-callback, not a `finally` in _run: a task cancelled before its first step
         # never runs its body, and its slot and table entry must be freed all the same.
         task.add_done_callback(lambda t, reply=msg.reply: self._done(t, reply))
-        # Runs after the task's first step: a handler that answered at once needs no ack.
-        loop.call_soon(control.ack_if_running, task, msg.reply)
 
     def _done(self, task: asyncio.Task[None], reply: str) -> None:
         self._tasks.discard(task)

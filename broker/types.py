@@ -11,8 +11,7 @@ from enum import StrEnum
 class Kind(StrEnum):
     """The `Mesh-Kind` header of every frame a responder or caller sends after a request."""
 
-    ACK = "ack"  # the responder took the call (`Mesh-Instance` names it); omitted when the
-    # responder answers within its first step, so only calls that take time carry one
+    ACK = "ack"  # first reply: the responder took the call; `Mesh-Instance` names it
     KEEPALIVE = "keepalive"  # still working; sent every keepalive interval
     CHUNK = "chunk"  # one piece of a stream, `Mesh-Seq` 1, 2, 3, ...
     RESULT = "result"  # terminal: success (body is the reply; empty after a stream).

@@ -18,7 +18,7 @@ from broker.connections import connect_redis
 from broker.presence import PresenceRegistry
 from broker.ratelimit import RateLimiter
 from broker.settings import Settings
-from gateway import agents_api, errors, keys_api, openai_api, webhooks, websocket
+from gateway import agents_api, anthropic_api, errors, keys_api, openai_api, webhooks, websocket
 from gateway.limits import BodyLimit
 from gateway.state import GatewayConfig, GatewayState
 
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     errors.install(app)
     app.include_router(agents_api.router)
     app.include_router(openai_api.router)
+    app.include_router(anthropic_api.router)
     app.include_router(keys_api.router)
     app.include_router(webhooks.router)
     app.include_router(websocket.router)

@@ -32,7 +32,8 @@ class Principal:
     name: str
     scopes: frozenset[Scope]
     key_id: str | None = None
-    rate_limit: Limit | None = None
+    rate_limit: Limit | None = None  # requests per period
+    token_limit: Limit | None = None  # LLM tokens per period (see gateway.llm_limits)
 
     def allows(self, scope: Scope) -> bool:
         return Scope.ADMIN in self.scopes or scope in self.scopes
@@ -97,6 +98,7 @@ def require(scope: Scope) -> Callable[[HTTPConnection], Awaitable[Principal]]:
             scopes=record.scopes,
             key_id=record.key_id,
             rate_limit=record.rate_limit,
+            token_limit=record.token_limit,
         )
         if not principal.allows(scope):
             raise Forbidden(

@@ -106,13 +106,18 @@ def render(
             }
         }
     elif api == "anthropic":
-        body = {
-            "type": "error",
-            "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
-        }
+        body = anthropic_error(status, message)
     else:
         body = error_body(code, message, details)
     return JSONResponse(body, status, headers=headers)
+
+
+def anthropic_error(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's error body, also the data of an `error` event in a broken stream."""
+    return {
+        "type": "error",
+        "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
+    }
 
 
 def error_response(exc: MeshError, path: str = "") -> JSONResponse:

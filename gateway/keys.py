@@ -1,7 +1,8 @@
 """API keys of the gateway: created once, stored hashed in Redis, shared by every replica.
 
 A key reads `amk_<key_id>_<secret>`. Redis holds, per key, the HASH `<p>:key:<key_id>` (name,
-scopes, rate_limit, created_at, hash) and the set `<p>:keys` of ids; never the key itself.
+scopes, rate_limit, token_limit, created_at, hash) and the set `<p>:keys` of ids; never the key
+itself.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ class KeyRecord:
     key_id: str
     name: str
     scopes: frozenset[Scope]
-    rate_limit: Limit | None
+    rate_limit: Limit | None  # requests per period
     created_at: float  # Unix seconds
+    token_limit: Limit | None = None  # LLM tokens per period, reserved then corrected
 
 
 def hash_key(key: str) -> str:
@@ -100,21 +102,32 @@ class KeyStore:
         return self._subjects.key("key", key_id)
 
     async def create(
-        self, name: str, *, scopes: frozenset[Scope], rate_limit: Limit | None = None
+        self,
+        name: str,
+        *,
+        scopes: frozenset[Scope],
+        rate_limit: Limit | None = None,
+        token_limit: Limit | None = None,
     ) -> tuple[str, KeyRecord]:
         """A new key. The plaintext is returned here once and stored nowhere.
 
         Raises:
-            InvalidMessage: a bad name, no scopes, or a rate limit below one request per period.
+            InvalidMessage: a bad name, no scopes, or a limit below one request (or token) per
+                period.
         """
         validate_name(name)
         scopes = parse_scopes([str(s) for s in scopes])
-        if rate_limit is not None and rate_limit.count < 1:
-            # A bucket smaller than one request would refuse every call forever.
-            raise InvalidMessage(
-                f"rate limit {rate_limit} allows no request: the count must be at least 1",
-                details={"field": "rate_limit"},
-            )
+        for field, limit, unit in (
+            ("rate_limit", rate_limit, "request"),
+            ("token_limit", token_limit, "token"),
+        ):
+            if limit is not None and limit.count < 1:
+                # A bucket smaller than one unit would refuse every call forever.
+                what = field.replace("_", " ")
+                raise InvalidMessage(
+                    f"{what} {limit} allows no {unit}: the count must be at least 1",
+                    details={"field": field},
+                )
         key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LEN))
         key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(_SECRET_BYTES)}"
         record = KeyRecord(
@@ -123,6 +136,7 @@ class KeyStore:
             scopes=scopes,
             rate_limit=rate_limit,
             created_at=time.time(),
+            token_limit=token_limit,
         )
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(
@@ -131,6 +145,7 @@ class KeyStore:
                     "name": name,
                     "scopes": ",".join(sorted(s.value for s in scopes)),
                     "rate_limit": "" if rate_limit is None else str(rate_limit),
+                    "token_limit": "" if token_limit is None else str(token_limit),
                     "created_at": repr(record.created_at),
                     "hash": hash_key(key),
                 },
@@ -179,13 +194,14 @@ def _record(key_id: str, raw: dict[bytes, bytes]) -> KeyRecord | None:
         return None
     fields = {k.decode(): v.decode() for k, v in raw.items()}
     scopes = frozenset(Scope(s) for s in fields.get("scopes", "").split(",") if s in _SCOPES)
-    limit = fields.get("rate_limit", "")
+    limit, tokens = fields.get("rate_limit", ""), fields.get("token_limit", "")
     return KeyRecord(
         key_id=key_id,
         name=fields.get("name", ""),
         scopes=scopes,
         rate_limit=Limit.parse(limit) if limit else None,
         created_at=float(fields.get("created_at", 0) or 0),
+        token_limit=Limit.parse(tokens) if tokens else None,
     )
 
 

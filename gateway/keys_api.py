@@ -1,10 +1,12 @@
-"""Key management over HTTP for admins: the same operations as `agentmesh keys`."""
+"""Key management over HTTP for admins: the same operations as `agentmesh keys`, and the
+LLM usage counted per key and model."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -13,7 +15,9 @@ from broker.ratelimit import Limit
 from gateway.auth import Principal, Scope, require
 from gateway.errors import error_body
 from gateway.keys import DEFAULT_SCOPES, MAX_NAME_LEN, KeyRecord, KeyStore, parse_scopes
+from gateway.llm_limits import settled
 from gateway.state import GatewayState, get_state
+from gateway.usage import Usage, UsageStore
 from schemas.errors import ErrorCode
 
 router = APIRouter(tags=["keys"])
@@ -25,6 +29,11 @@ class CreateKeyRequest(BaseModel):
         default=None, description="Default: agents:read, send, connect."
     )
     rate_limit: str | None = Field(default=None, examples=["100/60s"])
+    token_limit: str | None = Field(
+        default=None,
+        examples=["10000/60s"],
+        description="LLM tokens per period: each call reserves an estimate, corrected after.",
+    )
 
 
 class KeyInfo(BaseModel):
@@ -32,6 +41,7 @@ class KeyInfo(BaseModel):
     name: str
     scopes: list[str]
     rate_limit: str | None
+    token_limit: str | None = None
     created_at: str
 
     @classmethod
@@ -41,6 +51,7 @@ class KeyInfo(BaseModel):
             name=record.name,
             scopes=sorted(s.value for s in record.scopes),
             rate_limit=None if record.rate_limit is None else str(record.rate_limit),
+            token_limit=None if record.token_limit is None else str(record.token_limit),
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created_at)),
         )
 
@@ -65,12 +76,23 @@ async def create_key(
 ) -> CreatedKey:
     """Create a key; the reply is the only time the key itself is shown."""
     scopes = DEFAULT_SCOPES if body.scopes is None else parse_scopes(body.scopes)
-    try:
-        limit = None if body.rate_limit is None else Limit.parse(body.rate_limit)
-    except ValueError as exc:
-        raise InvalidMessage(str(exc), details={"field": "rate_limit"}) from None
-    key, record = await _store(state).create(body.name, scopes=scopes, rate_limit=limit)
+    key, record = await _store(state).create(
+        body.name,
+        scopes=scopes,
+        rate_limit=_limit(body.rate_limit, "rate_limit"),
+        token_limit=_limit(body.token_limit, "token_limit"),
+    )
     return CreatedKey(**KeyInfo.of(record).model_dump(), key=key)
+
+
+def _limit(text: str | None, field: str) -> Limit | None:
+    if text is None:
+        return None
+    try:
+        return Limit.parse(text)
+    except ValueError as exc:
+        message = str(exc).replace("rate limit", field.replace("_", " "), 1)
+        raise InvalidMessage(message, details={"field": field}) from None
 
 
 @router.get("/gateway/keys", response_model=KeysResponse)
@@ -92,3 +114,33 @@ async def revoke_key(
     if not await _store(state).revoke(key_id):
         return JSONResponse(error_body(ErrorCode.NOT_FOUND, "no key with that id"), 404)
     return None
+
+
+class UsageRow(BaseModel):
+    key_id: str = Field(description='The key\'s id, or "anonymous" for calls without a key.')
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    errors: int
+
+    @classmethod
+    def of(cls, usage: Usage) -> UsageRow:
+        return cls(**dataclasses.asdict(usage))
+
+
+class UsageResponse(BaseModel):
+    usage: list[UsageRow]
+
+
+@router.get("/gateway/usage", response_model=UsageResponse)
+async def usage(
+    key_id: str | None = Query(default=None, description="Only this key's counters."),
+    state: GatewayState = Depends(get_state),
+    _: Principal = Depends(require(Scope.ADMIN)),
+) -> UsageResponse:
+    """LLM usage per key and model alias, counted by every replica: requests, tokens, errors."""
+    await settled()  # this replica's own calls that ended just now are counted too
+    rows = await UsageStore(state.redis, state.bus.subjects).read(key_id)
+    return UsageResponse(usage=[UsageRow.of(r) for r in rows])

@@ -20,6 +20,7 @@ from agents.llm import LLM
 from broker.errors import InvalidMessage, MeshError
 from gateway.auth import Principal, Scope, require
 from gateway.errors import STATUS
+from gateway.llm_limits import Meter
 from gateway.state import GatewayState, get_state
 from workers.llm.registry import ModelRegistry
 
@@ -45,30 +46,72 @@ async def read_chat_request(request: Request) -> dict[str, Any]:
 async def chat_completions(
     request: Request,
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.SEND)),
+    principal: Principal = Depends(require(Scope.SEND)),
 ) -> Any:
     body = await read_chat_request(request)
-    alias = body.pop("model")
-    messages = body.pop("messages")
-    stream = bool(body.pop("stream", False))
-    llm = LLM(state.bus, alias)
-    if not stream:
-        return JSONResponse(await llm.chat(messages, **body))
-    chunks = await llm.chat(messages, stream=True, **body)
-    # The first chunk is awaited here, so a failure before any token is a plain HTTP error.
-    first = await anext(chunks, None)
+    if not body.get("stream"):
+        return JSONResponse(await complete(state, principal, body))
+    chunks = await start_stream(state, principal, body)
     return StreamingResponse(
-        _sse(first, chunks), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+        _sse(chunks), media_type="text/event-stream", headers={"cache-control": "no-cache"}
     )
 
 
-async def _sse(
-    first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]]
-) -> AsyncIterator[bytes]:
+async def complete(
+    state: GatewayState, principal: Principal, body: dict[str, Any]
+) -> dict[str, Any]:
+    """One chat completion from the alias's workers: the seam every LLM API of the gateway
+    calls (the caller's token budget and usage are metered here).
+
+    Args:
+        body: an OpenAI chat-completions request with `model` and `messages`, already checked
+            by `read_chat_request` (or built by another API's adapter); other fields pass through.
+
+    Raises:
+        RateLimited: the caller's token budget cannot cover the call's estimate.
+        MeshError: what the mesh or the worker reports (MODEL_NOT_FOUND, UNAVAILABLE, ...).
+    """
+    llm, messages, params = _call(state, body)
+    meter = await Meter.start(state, principal, body)
+    try:
+        reply = await llm.chat(messages, **params)
+    except MeshError:
+        meter.fail()
+        raise
+    meter.finish(reply.get("usage") if isinstance(reply, dict) else None)
+    return reply
+
+
+async def start_stream(
+    state: GatewayState, principal: Principal, body: dict[str, Any]
+) -> AsyncIterator[dict[str, Any]]:
+    """A streamed chat completion's chunks. The first chunk is awaited here, so a failure
+    before any token raises here (a plain HTTP error), not from the iterator.
+
+    The iterator must be closed (`aclosing`) or run to its end; a `MeshError` it raises is a
+    failure after the first chunk. `body` and the errors raised are as for `complete`.
+    """
+    llm, messages, params = _call(state, body)
+    meter = await Meter.start(state, principal, body)
+    try:
+        chunks = await llm.chat(messages, stream=True, **params)
+        first = await anext(chunks, None)
+    except MeshError:
+        meter.fail()
+        raise
+    return meter.relay(first, chunks)
+
+
+def _call(
+    state: GatewayState, body: dict[str, Any]
+) -> tuple[LLM, list[dict[str, Any]], dict[str, Any]]:
+    params = {k: v for k, v in body.items() if k not in ("model", "messages", "stream")}
+    return LLM(state.bus, body["model"]), body["messages"], params
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     async with aclosing(chunks):  # type: ignore[type-var]
         try:
-            if first is not None:
-                yield _event(first)
             async for chunk in chunks:
                 yield _event(chunk)
         except MeshError as exc:

@@ -20,12 +20,14 @@ from typing import Any
 import pytest
 
 from broker.servers import ServerError, find_nats_server
+from workers.llm.config import LLMConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 NATS_CONFIG = ROOT / "deploy" / "nats" / "nats.conf"
 CLUSTER_CONFIG = ROOT / "deploy" / "nats" / "cluster.conf"
+MODELS_FILE = ROOT / "deploy" / "models.yaml"
 URL_VARIABLES = ("AGENTMESH_NATS_URL", "AGENTMESH_REDIS_URL")
 
 
@@ -182,10 +184,10 @@ def test_docker_compose_config_accepts_the_compose_file() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_the_compose_file_defines_nats_redis_the_gateway_and_the_echo_agent() -> None:
+def test_the_compose_file_defines_nats_redis_the_gateway_the_echo_agent_and_an_llm_worker() -> None:
     done = _run_compose("config", "--services")
     assert done.returncode == 0, done.stderr
-    assert {"nats", "redis", "gateway", "echo-agent"} <= set(done.stdout.split())
+    assert {"nats", "redis", "gateway", "echo-agent", "llm-worker"} <= set(done.stdout.split())
 
 
 def test_nats_runs_with_the_mounted_config_that_enables_jetstream() -> None:
@@ -238,6 +240,18 @@ def test_the_gateway_listens_on_8001_inside_and_on_loopback_outside() -> None:
 def test_the_echo_agent_runs_the_example_agent() -> None:
     agent = _config()["services"]["echo-agent"]
     assert _command(agent) == ["agent", "run", "agents.examples.echo:agent"]
+
+
+def test_the_llm_worker_serves_the_mounted_models_file_and_gets_the_provider_keys() -> None:
+    worker = _config()["services"]["llm-worker"]
+    command = _command(worker)
+    assert command[:3] == ["worker", "llm", "--config"]
+    sources = [source for source, target in _mounts(worker) if target == command[3]]
+    assert sources, f"{command[3]} is not mounted into the llm-worker service"
+    assert Path(sources[0]).resolve() == MODELS_FILE
+    # The example loads with no key set, and serves the built-in echo model.
+    assert LLMConfig.load(MODELS_FILE, environ={}).model("echo") is not None
+    assert {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"} <= set(_environment(worker))
 
 
 def test_the_dockerfile_runs_agentmesh_as_a_non_root_user() -> None:

@@ -11,6 +11,8 @@ import pytest
 from broker.connections import connect_redis
 from broker.servers import free_port
 from broker.settings import Settings
+from broker.subjects import Subjects
+from gateway.usage import UsageStore
 from tests.agentmesh.test_cli import run_cli
 
 KEY = re.compile(r"^amk_([a-z0-9]{8,12})_[A-Za-z0-9_-]{43,}$")
@@ -72,12 +74,12 @@ async def test_keys_list_shows_names_and_scopes_but_never_the_key(
     )
     assert created.code == 0, created.err
     key, key_id = printed_key(created.out)
-    secret = key.rsplit("_", 1)[-1]
+    secret = key.split("_", 2)[-1]  # the secret may itself contain "_"
 
     result = await run_cli(agentmesh_exe, "keys", "list", env=env_for)
     assert result.code == 0, result.err
     header, *rows = result.out.splitlines()
-    assert header.split() == ["ID", "NAME", "SCOPES", "RATE", "LIMIT", "CREATED"]
+    assert header.split() == ["ID", "NAME", "SCOPES", "RATE", "LIMIT", "TOKEN", "LIMIT", "CREATED"]
     assert len(rows) == 1
     assert rows[0].split()[:3] == [key_id, "dashboard", "agents:read,connect,send"]
     assert secret not in result.out
@@ -112,6 +114,14 @@ async def test_keys_revoke_removes_the_key(agentmesh_exe: str, env_for: dict[str
 BAD_INPUT = [
     pytest.param(["create", "x", "--rate-limit", "fast"], "invalid rate limit 'fast'", id="limit"),
     pytest.param(["create", "x", "--rate-limit", "0.5/s"], "at least 1", id="limit-below-one"),
+    pytest.param(
+        ["create", "x", "--token-limit", "many"], "invalid token limit 'many'", id="token-limit"
+    ),
+    pytest.param(
+        ["create", "x", "--token-limit", "0.5/s"],
+        "token limit 0.5/1s allows no token",
+        id="token-limit-below-one",
+    ),
     pytest.param(["create", "x", "--scope", "root"], "unknown scope 'root'", id="scope"),
     pytest.param(["create", "x" * 65], "1-64 printable characters", id="name"),
     pytest.param(["revoke", "nosuchkey"], "no key with id 'nosuchkey'", id="unknown-id"),
@@ -130,7 +140,7 @@ async def test_bad_input_exits_1_with_one_clear_line(
     assert words in result.err
 
 
-@pytest.mark.parametrize("args", [["create", "x"], ["list"], ["revoke", "abcdefghijkl"]])
+@pytest.mark.parametrize("args", [["create", "x"], ["list"], ["revoke", "abcdefghijkl"], ["usage"]])
 async def test_keys_with_redis_down_exits_1_naming_the_url(
     agentmesh_exe: str, env_for: dict[str, str], args: list[str]
 ) -> None:
@@ -142,3 +152,68 @@ async def test_keys_with_redis_down_exits_1_naming_the_url(
     assert url in result.err
     assert "Traceback" not in result.err
     assert result.out == ""
+
+
+# token limits and usage -----------------------------------------------------------------------
+async def test_keys_create_with_a_token_limit_stores_it_and_list_shows_it(
+    agentmesh_exe: str, env_for: dict[str, str], settings: Settings
+) -> None:
+    result = await run_cli(
+        agentmesh_exe, "keys", "create", "llm bot", "--token-limit", "10000/60", env=env_for
+    )
+    assert result.code == 0, result.err
+    _, key_id = printed_key(result.out)
+    assert "token limit: 10000/60s" in result.out
+    assert "rate limit:  none" in result.out
+
+    redis = await connect_redis(settings)
+    try:
+        stored = await redis.hget(f"{settings.prefix}:key:{key_id}", "token_limit")
+    finally:
+        await redis.aclose()
+    assert stored == b"10000/60s"
+
+    listed = await run_cli(agentmesh_exe, "keys", "list", env=env_for)
+    header, row = listed.out.splitlines()
+    assert row.split()[:5] == [key_id, "llm", "bot", "agents:read,connect,send", "-"]
+    assert row.split()[5] == "10000/60s"
+    [as_json] = json.loads(
+        (await run_cli(agentmesh_exe, "keys", "list", "--json", env=env_for)).out
+    )
+    assert (as_json["rate_limit"], as_json["token_limit"]) == (None, "10000/60s")
+
+
+async def test_keys_usage_prints_the_counters_per_key_and_model(
+    agentmesh_exe: str, env_for: dict[str, str], settings: Settings
+) -> None:
+    redis = await connect_redis(settings)
+    try:
+        store = UsageStore(redis, Subjects(settings.prefix))
+        tokens = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+        await store.add("abcdefghijkl", "gpt-4.1-mini", tokens, error=False)
+        await store.add("abcdefghijkl", "gpt-4.1-mini", {}, error=True)
+        await store.add("mnopqrstuvwx", "echo", {"total_tokens": 2}, error=False)
+    finally:
+        await redis.aclose()
+
+    result = await run_cli(agentmesh_exe, "keys", "usage", env=env_for)
+    assert result.code == 0, result.err
+    assert [line.split() for line in result.out.splitlines()] == [
+        ["KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "TOTAL", "ERRORS"],
+        ["abcdefghijkl", "gpt-4.1-mini", "2", "5", "3", "8", "1"],
+        ["mnopqrstuvwx", "echo", "1", "0", "0", "2", "0"],
+    ]
+    one = await run_cli(agentmesh_exe, "keys", "usage", "mnopqrstuvwx", "--json", env=env_for)
+    assert json.loads(one.out) == [
+        {
+            "key_id": "mnopqrstuvwx",
+            "model": "echo",
+            "requests": 1,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "total_tokens": 2,
+            "errors": 0,
+        }
+    ]
+    none = await run_cli(agentmesh_exe, "keys", "usage", "zzzzzzzzzzzz", env=env_for)
+    assert (none.code, none.out) == (0, "no usage for key zzzzzzzzzzzz\n")

@@ -1,5 +1,5 @@
-"""`agentmesh up`, run as a real process: it starts nats-server, redis-server and the echo agent,
-and stops all of them on Ctrl-C (SIGINT) or SIGTERM."""
+"""`agentmesh up`, run as a real process: it starts nats-server, redis-server, the echo agent,
+the gateway and an LLM worker, and stops all of them on Ctrl-C (SIGINT) or SIGTERM."""
 
 from __future__ import annotations
 
@@ -27,8 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def clean_env(**urls: str) -> dict[str, str]:
-    """os.environ without AGENTMESH_* (so the default prefix is used), plus `urls`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH_")}
+    """os.environ without AGENTMESH_* (so the default prefix is used) and without provider keys
+    (so `up` serves the echo model only, whatever this machine has), plus `urls`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AGENTMESH_") and k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+    }
     env.update(urls)
     return env
 
@@ -229,14 +234,39 @@ def test_the_banner_gives_both_urls_the_echo_agent_and_how_to_attach_an_agent(
     assert "agentmesh agent run mymodule:agent" in banner
     gateway = f"http://127.0.0.1:{mesh.gateway_port}"
     assert f"Gateway {gateway}  (API docs: {gateway}/docs)" in banner
+    assert "  models echo (built-in, repeats your message; no key needed)\n" in banner
+    assert f"curl {gateway}/v1/chat/completions" in banner
 
 
-def test_up_with_no_echo_starts_no_agent(agentmesh_exe: str, tmp_path: Path) -> None:
-    with start_mesh(agentmesh_exe, tmp_path, "--no-echo") as mesh:
+def test_the_echo_model_of_up_answers_through_its_gateways_openai_api(mesh: Mesh) -> None:
+    gateway = f"http://127.0.0.1:{mesh.gateway_port}"
+    reply = httpx.post(
+        f"{gateway}/v1/chat/completions",
+        json={"model": "echo", "messages": [{"role": "user", "content": "hello llm"}]},
+        timeout=10,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"] == "hello llm"
+    listed = httpx.get(f"{gateway}/v1/models", timeout=10).json()
+    assert "echo" in [m["id"] for m in listed["data"]]
+
+
+def test_up_with_no_echo_and_no_llm_starts_no_agent_and_serves_no_model(
+    agentmesh_exe: str, tmp_path: Path
+) -> None:
+    with start_mesh(agentmesh_exe, tmp_path, "--no-echo", "--no-llm") as mesh:
         assert "  agents -\n" in mesh.up.output
+        assert "  models -\n" in mesh.up.output
         result = send(agentmesh_exe, mesh.env, "echo", "hi")
         assert result.returncode == 1
         assert "AGENT_NOT_FOUND" in result.stderr
+        reply = httpx.post(
+            f"http://127.0.0.1:{mesh.gateway_port}/v1/chat/completions",
+            json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=10,
+        )
+        assert reply.status_code == 404
+        assert reply.json()["error"]["code"] == "model_not_found"
 
 
 @pytest.mark.parametrize("busy", ["nats", "redis"])

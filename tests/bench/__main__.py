@@ -1,8 +1,9 @@
 """`python -m tests.bench` (`make bench`): start local servers, run the benchmarks, report.
 
 Prints the results as markdown and rewrites their sections of docs/BENCHMARKS.md: `bus`
-(MeshClient.ask against raw nats-py) and `gateway` (the HTTP and WebSocket gateway as a
-process of its own). `--profile` instead profiles the SDK path at concurrency 64.
+(MeshClient.ask against raw nats-py), `gateway` (the HTTP and WebSocket gateway as a
+process of its own) and `llm` (gateway → bus → LLM worker → a local upstream, against that
+upstream called directly). `--profile` instead profiles the SDK path at concurrency 64.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 
 from broker.servers import NatsServer, RedisServer
 from broker.settings import Settings
-from tests.bench import bus, gateway, gateway_report, report
+from tests.bench import bus, gateway, gateway_report, llm, llm_report, report
 
-SECTIONS = ("bus", "gateway")
+SECTIONS = ("bus", "gateway", "llm")
 
 
 def _prefix() -> str:
@@ -64,6 +65,18 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
                 bodies["gateway"] = gateway_report.section(measured)
+            if "llm" in chosen:
+                logs = Path(tmp) / "llm-logs"
+                logs.mkdir()
+                pids = {"nats-server": nats_server.pid, "redis-server": redis_server.pid}
+                ran = asyncio.run(
+                    llm.run_all(
+                        settings.with_(prefix=_prefix()),
+                        logs=logs,
+                        server_pids={k: v for k, v in pids.items() if v is not None},
+                    )
+                )
+                bodies["llm"] = llm_report.section(ran)
         finally:
             redis_server.stop()
             nats_server.stop()

@@ -17,11 +17,14 @@ class HttpError(RuntimeError):
     pass
 
 
-def post(path: str, port: int, body: dict[str, Any]) -> bytes:
-    """A prepared `POST path` with a JSON body, keep-alive."""
+def post(
+    path: str, port: int, body: dict[str, Any], *, headers: dict[str, str] | None = None
+) -> bytes:
+    """A prepared `POST path` with a JSON body (and extra `headers`), keep-alive."""
     data = json.dumps(body, separators=(",", ":")).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}"
         f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
     )
     return head.encode() + data

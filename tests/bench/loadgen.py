@@ -1,8 +1,9 @@
 """An HTTP load-generator process: `python -m tests.bench.loadgen --port P --out FILE ...`.
 
-Keeps `--concurrency` keep-alive connections busy with POST /gateway/send (wait) from the
-moment they are open until `--start-at + --seconds` (Unix time, so that several processes
-measure the same window), and writes what completed inside the window to `--out` as JSON.
+Keeps `--concurrency` keep-alive connections busy with POST /gateway/send (wait), or with
+`--path` and the JSON `--body` given, from the moment they are open until `--start-at +
+--seconds` (Unix time, so that several processes measure the same window), and writes what
+completed inside the window to `--out` as JSON.
 """
 
 from __future__ import annotations
@@ -36,16 +37,24 @@ class Window:
     late: bool = False  # the connections were not open before the window began
 
 
-async def _check(conn: Connection, raw: bytes) -> None:
+async def _check(conn: Connection, raw: bytes, path: str) -> None:
     status, body = await conn.request(raw)
-    if status != 200 or json.loads(body)["result"]["result"] != TEXT:
+    if status != 200 or (path == SEND_PATH and json.loads(body)["result"]["result"] != TEXT):
         raise RuntimeError(f"unexpected reply {status}: {body[:200]!r}")
 
 
-async def generate(port: int, *, concurrency: int, start_at: float, seconds: float) -> Window:
-    raw = post(SEND_PATH, port, send_body())
+async def generate(
+    port: int,
+    *,
+    concurrency: int,
+    start_at: float,
+    seconds: float,
+    path: str = SEND_PATH,
+    body: dict[str, Any] | None = None,
+) -> Window:
+    raw = post(path, port, send_body() if body is None else body)
     conns = [await Connection.open(port) for _ in range(concurrency)]
-    await asyncio.gather(*(_check(c, raw) for c in conns))
+    await asyncio.gather(*(_check(c, raw, path) for c in conns))
     window = Window(start_at, start_at + seconds, [], late=time.time() > start_at)
     clock, now = time.perf_counter_ns, time.time
 
@@ -75,10 +84,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start-at", type=float, required=True, help="Unix time")
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--path", default=SEND_PATH, help=f"default {SEND_PATH}")
+    parser.add_argument("--body", type=json.loads, help="a JSON object; default: a send body")
     args = parser.parse_args(argv)
     window = asyncio.run(
         generate(
-            args.port, concurrency=args.concurrency, start_at=args.start_at, seconds=args.seconds
+            args.port,
+            concurrency=args.concurrency,
+            start_at=args.start_at,
+            seconds=args.seconds,
+            path=args.path,
+            body=args.body,
         )
     )
     args.out.write_text(json.dumps(asdict(window)))

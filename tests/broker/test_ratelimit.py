@@ -248,3 +248,12 @@ def test_limit_parse_rejects_garbage_with_a_clear_message(text: str) -> None:
 def test_a_limit_prints_as_it_parses() -> None:
     assert str(Limit.parse("100/m")) == "100/60s"
     assert Limit.parse(str(Limit(2.5, 0.5))) == Limit(2.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    "limit", [Limit(1_000_000, 60), Limit(1e12, 1e-7), Limit(0.1, 86400 * 365), Limit(1 / 3, 7)]
+)
+def test_a_limit_of_any_size_prints_without_an_exponent_and_parses_back(limit: Limit) -> None:
+    # "1e+06/60s" would not parse: a stored key with a large token limit would be unreadable.
+    assert "e" not in str(limit)[:-1]
+    assert Limit.parse(str(limit)) == limit

@@ -79,7 +79,7 @@ def assert_401(r: httpx.Response, key: str | None = None) -> None:
     assert "Authorization: Bearer <key>" in r.json()["error"]["message"]
     if key:
         assert key not in r.text
-        secret = key.rsplit("_", 1)[-1]
+        secret = key.split("_", 2)[-1]  # the secret may itself contain "_"
         assert not secret or secret not in r.text
 
 

@@ -9,26 +9,39 @@ import openai
 import pytest
 
 from tests.gateway.conftest import Replica
-from tests.workers.fixtures import StartWorker
 from tests.workers.fake_upstreams import FakeOpenAI
+from tests.workers.fixtures import StartWorker
 
 HELLO = [{"role": "user", "content": "hello mesh"}]
 
 
 @pytest.fixture
 async def client(gateway: Replica) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="unused",
-                                  max_retries=0) as sdk:
+    async with openai.AsyncOpenAI(
+        base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0
+    ) as sdk:
         yield sdk
 
 
 @pytest.fixture
 async def models(start_worker: StartWorker, upstream: FakeOpenAI) -> None:
-    await start_worker({"models": [
-        {"name": "echo", "deployments": [{"provider": "echo", "model": "echo"}]},
-        {"name": "gpt-4.1-mini", "deployments": [
-            {"provider": "openai", "base_url": upstream.base_url, "model": "gpt-4.1-mini"}]},
-    ]})
+    await start_worker(
+        {
+            "models": [
+                {"name": "echo", "deployments": [{"provider": "echo", "model": "echo"}]},
+                {
+                    "name": "gpt-4.1-mini",
+                    "deployments": [
+                        {
+                            "provider": "openai",
+                            "base_url": upstream.base_url,
+                            "model": "gpt-4.1-mini",
+                        }
+                    ],
+                },
+            ]
+        }
+    )
 
 
 async def test_chat_completions_through_the_sdk(client: openai.AsyncOpenAI, models: None) -> None:
@@ -43,7 +56,9 @@ async def test_streaming_through_the_sdk_ends_with_usage(
     client: openai.AsyncOpenAI, models: None
 ) -> None:
     stream = await client.chat.completions.create(
-        model="gpt-4.1-mini", messages=HELLO, stream=True,
+        model="gpt-4.1-mini",
+        messages=HELLO,
+        stream=True,
         stream_options={"include_usage": True},
     )
     text, usage = "", None
@@ -59,9 +74,15 @@ async def test_streaming_through_the_sdk_ends_with_usage(
 async def test_tool_calls_come_back_through_the_sdk(
     client: openai.AsyncOpenAI, models: None, upstream: FakeOpenAI
 ) -> None:
-    tools = [{"type": "function", "function": {
-        "name": "get_weather", "parameters": {"type": "object",
-                                              "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     reply = await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO, tools=tools)
     call = reply.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and call.function.arguments == '{"city": "Paris"}'

@@ -22,9 +22,12 @@ from broker.servers import free_port
 
 
 class FakeOpenAI:
-    def __init__(self, *, reply: str = "hello from upstream", latency: float = 0.0) -> None:
+    def __init__(
+        self, *, reply: str = "hello from upstream", latency: float = 0.0, chunk_delay: float = 0.0
+    ) -> None:
         self.reply = reply
         self.latency = latency
+        self.chunk_delay = chunk_delay  # seconds between streamed chunks: a slow generation
         self.requests: list[dict[str, Any]] = []
         self.failures: list[tuple[int, float | None]] = []
         self.port = free_port()
@@ -111,7 +114,9 @@ class FakeOpenAI:
                 ]
             else:
                 deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in pieces]
-            for delta in deltas:
+            for i, delta in enumerate(deltas):
+                if i and self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
                 c = {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
                 yield f"data: {json.dumps(c)}\n\n".encode()
             end = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}

@@ -6,8 +6,8 @@ import pytest
 
 from agents.client import MeshClient
 from broker.errors import InvalidMessage, ModelNotFound, RateLimited, Unavailable
-from tests.workers.fixtures import StartWorker
 from tests.workers.fake_upstreams import FakeOpenAI
+from tests.workers.fixtures import StartWorker
 
 HELLO = [{"role": "user", "content": "hello mesh"}]
 

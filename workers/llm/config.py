@@ -94,7 +94,7 @@ class LLMConfig(BaseModel):
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
         return cls.parse(raw, source=str(path), environ=environ)
 
     @classmethod
@@ -114,6 +114,16 @@ class LLMConfig(BaseModel):
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: what is wrong and where (its own spans several)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def _expand(value: Any, env: Mapping[str, str], where: str) -> Any:

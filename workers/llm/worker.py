@@ -65,7 +65,11 @@ class LLMWorker:
             settings, name="agentmesh-llm-worker", instance_id=self.worker_id
         )
         # One pooled client for every deployment: connections are reused across calls.
-        self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200))
+        # Keep every connection alive: above the default 20 idle ones, each call beyond them
+        # would open (and close) a TCP connection of its own.
+        self._http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        )
         subjects = self._bus.subjects
         for model in self.config.models:
             providers = [make_provider(d, self._http) for d in model.deployments]

@@ -1,0 +1,87 @@
+"""The Anthropic-compatible LLM API: `POST /v1/messages`, JSON and server-sent events.
+
+A request is translated to the canonical (OpenAI-shaped) one and sent through the same seam as
+`/v1/chat/completions` (`openai_api.complete` / `start_stream`), so any alias works whatever its
+provider; the reply is translated back (`workers.llm.anthropic_format`, `anthropic_stream`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from broker.errors import InvalidMessage, MeshError
+from gateway.auth import Principal, Scope, require
+from gateway.errors import STATUS, anthropic_error
+from gateway.openai_api import complete, start_stream
+from gateway.state import GatewayState, get_state
+from workers.llm.anthropic_format import FormatError, from_anthropic_request, to_anthropic_message
+from workers.llm.anthropic_stream import Event, EventsFromChunks
+
+router = APIRouter(tags=["llm"])
+
+
+async def read_messages_request(request: Request) -> dict[str, Any]:
+    """The JSON body of a Messages request, checked as Anthropic checks what it requires."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise InvalidMessage(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidMessage("the body must be a JSON object")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise InvalidMessage("model: Field required (a model alias served by the mesh)")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise InvalidMessage("messages: must be a non-empty list")
+    tokens = body.get("max_tokens")
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
+        raise InvalidMessage("max_tokens: Field required (a positive integer)")
+    return body
+
+
+@router.post("/v1/messages")
+async def messages(
+    request: Request,
+    state: GatewayState = Depends(get_state),
+    principal: Principal = Depends(require(Scope.SEND)),
+) -> Any:
+    body = await read_messages_request(request)
+    try:
+        canonical = from_anthropic_request(body)
+    except FormatError as exc:
+        raise InvalidMessage(str(exc)) from None
+    if not canonical.get("stream"):
+        reply = await complete(state, principal, canonical)
+        return JSONResponse(to_anthropic_message(reply, body["model"]))
+    chunks = await start_stream(state, principal, canonical)
+    return StreamingResponse(
+        _sse(chunks, body["model"]),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache"},
+    )
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]], model: str) -> AsyncIterator[bytes]:
+    events = EventsFromChunks(model)
+    async with aclosing(chunks):  # type: ignore[type-var]
+        try:
+            async for chunk in chunks:
+                for event in events.feed(chunk):
+                    yield _event(event)
+        except MeshError as exc:
+            # Headers are gone: Anthropic's clients read an `error` event as the failure.
+            yield _event(("error", anthropic_error(STATUS.get(exc.code, 500), exc.message)))
+            return
+    for event in events.finish():
+        yield _event(event)
+
+
+def _event(event: Event) -> bytes:
+    name, data = event
+    payload = json.dumps(data, separators=(",", ":"))
+    return f"event: {name}\ndata: {payload}\n\n".encode()

@@ -1,0 +1,117 @@
+"""`agentmesh worker llm --config models.yaml`, run as a real process against this test's mesh."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from agents.client import MeshClient
+from broker.errors import ModelNotFound
+from broker.servers import free_port
+from broker.settings import Settings
+from broker.subjects import Subjects
+from tests.agentmesh.test_cli import ROOT, run_cli
+from workers.llm.registry import ModelRegistry
+
+HELLO = [{"role": "user", "content": "hello worker"}]
+MODELS = """\
+models:
+  - name: echo
+    deployments: [{provider: echo, model: echo}]
+  - name: my.echo-1.0
+    deployments: [{provider: echo, model: echo}]
+"""
+
+
+def models_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "models.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, "cannot read"),
+        ("models: [\n", "is not valid YAML"),
+        ("models:\n  - name: m\n    deployments: [{provider: nope, model: x}]\n", "provider"),
+        (
+            "models:\n  - name: m\n    deployments:\n"
+            "      - {provider: openai, model: x, api_key: '${NO_SUCH_KEY_VAR}'}\n",
+            "NO_SUCH_KEY_VAR is not set",
+        ),
+    ],
+    ids=["missing", "bad-yaml", "bad-provider", "unset-variable"],
+)
+async def test_worker_llm_with_a_bad_models_file_exits_1_with_one_clear_line(
+    agentmesh_exe: str, env_for: dict[str, str], tmp_path: Path, text: str | None, expected: str
+) -> None:
+    path = str(tmp_path / "absent.yaml") if text is None else models_file(tmp_path, text)
+    result = await run_cli(agentmesh_exe, "worker", "llm", "--config", path, env=env_for)
+    assert result.code == 1
+    assert result.err.startswith("error: ") and result.err.count("\n") == 1, result.err
+    assert expected in result.err
+    assert "Traceback" not in result.err
+
+
+async def test_worker_llm_with_nats_down_exits_1_naming_the_url(
+    agentmesh_exe: str, env_for: dict[str, str], tmp_path: Path
+) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    env = {**env_for, "AGENTMESH_NATS_URL": url, "AGENTMESH_CONNECT_TIMEOUT": "1"}
+    path = models_file(tmp_path, MODELS)
+    result = await run_cli(agentmesh_exe, "worker", "llm", "--config", path, env=env)
+    assert result.code == 1
+    assert f"cannot reach NATS at {url}" in result.err
+    assert "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_worker_llm_serves_its_models_until_a_signal_then_withdraws_them(
+    agentmesh_exe: str,
+    env_for: dict[str, str],
+    settings: Settings,
+    mesh: MeshClient,
+    redis: aioredis.Redis,
+    tmp_path: Path,
+    sig: signal.Signals,
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        agentmesh_exe,
+        "worker",
+        "llm",
+        "--config",
+        models_file(tmp_path, MODELS),
+        env=env_for,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    registry = ModelRegistry(redis, Subjects(settings.prefix), timeout=settings.heartbeat_timeout)
+    try:
+        async with asyncio.timeout(30):
+            while b"serving" not in (line := await proc.stderr.readline()):
+                assert line, "the worker exited before serving"
+        assert await registry.list() == ["echo", "my.echo-1.0"]
+        reply = await mesh.llm("my.echo-1.0").chat(HELLO)
+        assert reply["choices"][0]["message"]["content"] == "hello worker"
+
+        proc.send_signal(sig)
+        async with asyncio.timeout(15):
+            rest = await proc.stderr.read()
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0, rest
+    assert b"Traceback" not in rest
+    assert await registry.list() == []
+    with pytest.raises(ModelNotFound):
+        await mesh.llm("echo").chat(HELLO)
