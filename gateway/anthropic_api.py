@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from broker.errors import InvalidMessage, MeshError
 from gateway.auth import Principal, Scope, require
 from gateway.errors import STATUS, anthropic_error
-from gateway.openai_api import complete, start_stream
+from gateway.openai_api import complete, read_json_object, start_stream
 from gateway.state import GatewayState, get_state
 from workers.llm.anthropic_format import FormatError, from_anthropic_request, to_anthropic_message
 from workers.llm.anthropic_stream import Event, EventsFromChunks
@@ -28,12 +28,7 @@ router = APIRouter(tags=["llm"])
 
 async def read_messages_request(request: Request) -> dict[str, Any]:
     """The JSON body of a Messages request, checked as Anthropic checks what it requires."""
-    try:
-        body = json.loads(await request.body())
-    except ValueError as exc:
-        raise InvalidMessage(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidMessage("the body must be a JSON object")
+    body = await read_json_object(request)
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise InvalidMessage("model: Field required (a model alias served by the mesh)")
     if not isinstance(body.get("messages"), list) or not body["messages"]:

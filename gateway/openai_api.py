@@ -27,14 +27,20 @@ from workers.llm.registry import ModelRegistry
 router = APIRouter(tags=["llm"])
 
 
-async def read_chat_request(request: Request) -> dict[str, Any]:
-    """The JSON body of a chat request, checked just enough to route it."""
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The request's body, which must be a JSON object (else INVALID_MESSAGE)."""
     try:
         body = json.loads(await request.body())
     except ValueError as exc:
         raise InvalidMessage(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidMessage("the body must be a JSON object")
+    return body
+
+
+async def read_chat_request(request: Request) -> dict[str, Any]:
+    """The JSON body of a chat request, checked just enough to route it."""
+    body = await read_json_object(request)
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise InvalidMessage("'model' is required (a model alias served by the mesh)")
     if not isinstance(body.get("messages"), list) or not body["messages"]:

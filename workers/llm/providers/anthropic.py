@@ -15,7 +15,13 @@ from workers.llm.anthropic_format import (
 )
 from workers.llm.anthropic_stream import ChunksFromEvents
 from workers.llm.config import Deployment
-from workers.llm.providers.base import Body, ProviderError, check_response, transport_error
+from workers.llm.providers.base import (
+    Body,
+    ProviderError,
+    check_response,
+    post_json,
+    transport_error,
+)
 
 # The `error` event of a stream carries a type, not a status: the status it stands for.
 _ERROR_STATUS = {
@@ -56,21 +62,7 @@ class AnthropicProvider:
 
     async def complete(self, request: Body) -> Body:
         body = self._request(request)
-        try:
-            response = await self.client.post(
-                self.url, json=body, headers=self.headers, timeout=self.deployment.timeout
-            )
-        except httpx.HTTPError as exc:
-            raise transport_error(self.deployment, exc) from None
-        check_response(self.deployment, response, response.content)
-        try:
-            message = response.json()
-        except ValueError:
-            message = None
-        if not isinstance(message, dict):
-            raise ProviderError(
-                f"{self.deployment.describe()} answered with invalid JSON", retryable=True
-            )
+        message = await post_json(self.deployment, self.client, self.url, body, self.headers)
         return from_anthropic_message(message)
 
     async def stream(self, request: Body) -> AsyncIterator[Body]:

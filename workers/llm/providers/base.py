@@ -44,6 +44,28 @@ class Provider(Protocol):
     def stream(self, request: Body) -> AsyncIterator[Body]: ...
 
 
+async def post_json(
+    deployment: Deployment,
+    client: httpx.AsyncClient,
+    url: str,
+    body: Body,
+    headers: dict[str, str],
+) -> Body:
+    """POST a JSON request and return the JSON object answered; every failure a ProviderError."""
+    try:
+        response = await client.post(url, json=body, headers=headers, timeout=deployment.timeout)
+    except httpx.HTTPError as exc:
+        raise transport_error(deployment, exc) from None
+    check_response(deployment, response, response.content)
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise ProviderError(f"{deployment.describe()} answered with invalid JSON", retryable=True)
+    return answer
+
+
 def check_response(deployment: Deployment, response: httpx.Response, body: bytes) -> None:
     """Raise `ProviderError` for a failed upstream answer: 429, 5xx and 408 are retryable."""
     if response.status_code < 400:

@@ -21,6 +21,7 @@ from workers.llm.providers.base import (
     ProviderError,
     check_response,
     completion_id,
+    post_json,
     transport_error,
 )
 
@@ -48,18 +49,8 @@ class OllamaProvider:
 
     async def complete(self, request: Body) -> Body:
         body = to_ollama(request, self.deployment, stream=False)
-        try:
-            response = await self.client.post(
-                self.url, json=body, headers=self.headers, timeout=self.deployment.timeout
-            )
-        except httpx.HTTPError as exc:
-            raise transport_error(self.deployment, exc) from None
-        check_response(self.deployment, response, response.content)
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict) or not isinstance(data.get("message"), dict):
+        data = await post_json(self.deployment, self.client, self.url, body, self.headers)
+        if not isinstance(data.get("message"), dict):
             raise ProviderError(
                 f"{self.deployment.describe()} answered with invalid JSON", retryable=True
             )

@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator
 import httpx
 
 from workers.llm.config import Deployment
-from workers.llm.providers.base import Body, ProviderError, check_response, transport_error
+from workers.llm.providers.base import (
+    Body,
+    ProviderError,
+    check_response,
+    post_json,
+    transport_error,
+)
 
 
 class OpenAIProvider:
@@ -23,19 +29,7 @@ class OpenAIProvider:
     async def complete(self, request: Body) -> Body:
         body = {**request, "model": self.deployment.model, "stream": False}
         body.pop("stream_options", None)
-        try:
-            response = await self.client.post(
-                self.url, json=body, headers=self.headers, timeout=self.deployment.timeout
-            )
-        except httpx.HTTPError as exc:
-            raise transport_error(self.deployment, exc) from None
-        check_response(self.deployment, response, response.content)
-        try:
-            return response.json()
-        except ValueError:
-            raise ProviderError(
-                f"{self.deployment.describe()} answered with invalid JSON", retryable=True
-            ) from None
+        return await post_json(self.deployment, self.client, self.url, body, self.headers)
 
     async def stream(self, request: Body) -> AsyncIterator[Body]:
         body = {
