@@ -94,12 +94,10 @@ class LocalMesh:
                 "Stop it or choose another port with --gateway-port."
             )
         server = make_server(settings, host=self.host, port=self.gateway_port, log_level="warning")
-        task = asyncio.get_running_loop().create_task(server.serve())
-        while not server.started:  # uvicorn exposes no event; start-up takes milliseconds
-            if task.done():
-                task.result()
-                raise ServerError(f"the gateway did not start on port {self.gateway_port}")
-            await asyncio.sleep(0.01)
+        try:
+            task = await server.start()
+        except RuntimeError as exc:
+            raise ServerError(str(exc)) from None
         return server, task
 
     def banner(

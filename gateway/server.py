@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -14,13 +16,46 @@ from gateway.state import GatewayConfig
 DEFAULT_PORT = 8001
 
 
-class GatewayServer(uvicorn.Server):
-    """uvicorn without its own signal capture: whoever runs it (`up`, `agentmesh gateway`, a
-    test) owns SIGINT/SIGTERM and stops it with `should_exit`, in its own shutdown order."""
+class AsgiServer(uvicorn.Server):
+    """uvicorn, run as a task of the caller's event loop.
+
+    - No signal capture of its own: whoever runs it (`up`, `agentmesh gateway`, a test) owns
+      SIGINT/SIGTERM and stops it with `stop()`, in its own shutdown order.
+    - `start()` returns once it listens: uvicorn only exposes a `started` flag, so `startup`
+      is wrapped to set an event that can be awaited instead of polled.
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._ready.set()
+
+    async def start(self) -> asyncio.Task[None]:
+        """Serve in a task; return it once listening, or raise why start-up failed."""
+        self._task = asyncio.get_running_loop().create_task(self.serve())
+        ready = asyncio.ensure_future(self._ready.wait())
+        try:
+            await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if not self._ready.is_set():
+            self._task.result()  # raises what stopped it, if anything did
+            raise RuntimeError(f"the server did not start on port {self.config.port}")
+        return self._task
+
+    async def stop(self) -> None:
+        self.should_exit = True
+        if self._task is not None:
+            await self._task
 
 
 def make_server(
@@ -30,10 +65,10 @@ def make_server(
     port: int = DEFAULT_PORT,
     config: GatewayConfig | None = None,
     log_level: str = "info",
-) -> GatewayServer:
+) -> AsgiServer:
     config = config or GatewayConfig.from_env()
     app = create_app(settings, config)
-    return GatewayServer(
+    return AsgiServer(
         uvicorn.Config(
             app,
             host=host,

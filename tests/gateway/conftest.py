@@ -11,7 +11,7 @@ import pytest
 
 from broker.servers import free_port
 from broker.settings import Settings
-from gateway.server import make_server
+from gateway.server import AsgiServer, make_server
 from gateway.state import GatewayConfig
 
 
@@ -31,7 +31,7 @@ StartGateway = Callable[..., Awaitable[Replica]]
 @pytest.fixture
 async def start_gateway(settings: Settings) -> AsyncIterator[StartGateway]:
     """`await start_gateway(config=...)` runs one more replica; all stop after the test."""
-    running: list[tuple[object, asyncio.Task[None]]] = []
+    running: list[AsgiServer] = []
 
     async def start(
         *, config: GatewayConfig | None = None, settings_: Settings | None = None
@@ -40,21 +40,15 @@ async def start_gateway(settings: Settings) -> AsyncIterator[StartGateway]:
         server = make_server(
             settings_ or settings, port=port, config=config or GatewayConfig(), log_level="warning"
         )
-        task = asyncio.create_task(server.serve())
-        running.append((server, task))
-        async with asyncio.timeout(10):
-            while not server.started:  # noqa: ASYNC110 - uvicorn exposes no event to await
-                if task.done():
-                    task.result()  # raises what stopped the start-up
-                await asyncio.sleep(0.01)
+        await server.start()
+        running.append(server)
         return Replica(url=f"http://127.0.0.1:{port}", port=port)
 
     yield start
-    for server, _ in running:
-        server.should_exit = True  # type: ignore[attr-defined]
-    for _, task in running:
-        async with asyncio.timeout(15):
-            await task
+    for server in running:
+        server.should_exit = True
+    async with asyncio.timeout(15):
+        await asyncio.gather(*(server.stop() for server in running))
 
 
 @pytest.fixture

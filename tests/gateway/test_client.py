@@ -50,18 +50,13 @@ async def client_for(
 async def replica_on(settings: Settings, port: int) -> AsyncIterator[None]:
     """A gateway replica on a chosen port, stopped (gracefully) on leaving."""
     server = make_server(settings, port=port, config=GatewayConfig(), log_level="warning")
-    task = asyncio.create_task(server.serve())
     async with asyncio.timeout(10):
-        while not server.started:  # noqa: ASYNC110 - uvicorn exposes no event to await
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
+        await server.start()
     try:
         yield
     finally:
-        server.should_exit = True
         async with asyncio.timeout(15):
-            await task
+            await server.stop()
 
 
 def blocking_agent(agent_id: str, started: asyncio.Event, release: asyncio.Event) -> Agent:

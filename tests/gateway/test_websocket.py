@@ -540,11 +540,9 @@ async def test_closed_sockets_leave_no_service_call_or_task_behind_on_the_replic
 ) -> None:
     port = free_port()
     server = make_server(settings, port=port, config=GatewayConfig(), log_level="warning")
-    serving = asyncio.create_task(server.serve())
+    async with asyncio.timeout(10):
+        serving = await server.start()
     try:
-        async with asyncio.timeout(10):
-            while not server.started:  # noqa: ASYNC110 - uvicorn exposes no event to await
-                await asyncio.sleep(0.01)
         replica = Replica(url=f"http://127.0.0.1:{port}", port=port)
         bus = server.config.app.state.gateway.bus
 

@@ -16,13 +16,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from broker.servers import free_port
+from tests.workers.fake_server import FakeServer
 
 Body = dict[str, Any]
 
@@ -60,7 +58,7 @@ USAGE = {"input_tokens": 5, "output_tokens": 3}
 THOUGHT = {"type": "thinking", "thinking": "Let me think it over.", "signature": "sig-1"}
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeServer):
     def __init__(
         self, *, reply: str = "hello from claude", api_key: str | None = None, latency: float = 0.0
     ) -> None:
@@ -71,14 +69,7 @@ class FakeAnthropic:
         self.failures: list[tuple[int, float | None]] = []
         self.scripts: list[tuple[list[Body], str]] = []
         self.breaks: list[tuple[str, bool]] = []
-        self.port = free_port()
-        app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
-            )
-        )
-        self._task: asyncio.Task[None] | None = None
+        super().__init__([Route("/v1/messages", self._messages, methods=["POST"])])
 
     @property
     def base_url(self) -> str:
@@ -99,18 +90,6 @@ class FakeAnthropic:
     def break_stream(self, error_type: str = "overloaded_error", *, after_text: bool) -> None:
         """The next stream sends an `error` event: right after message_start, or after text."""
         self.breaks.append((error_type, after_text))
-
-    async def start(self) -> FakeAnthropic:
-        self._task = asyncio.create_task(self.server.serve())
-        async with asyncio.timeout(10):
-            while not self.server.started:  # noqa: ASYNC110 - uvicorn has no started event
-                await asyncio.sleep(0.01)
-        return self
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            await self._task
 
     # ------------------------------------------------------------------------------------------
     async def _messages(self, request: Request) -> Response:

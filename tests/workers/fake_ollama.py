@@ -7,23 +7,20 @@ Ollama); with `tools` in the request it calls the first tool; with `think` it th
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from broker.servers import free_port
+from tests.workers.fake_server import FakeServer
 
 CREATED_AT = "2025-01-01T00:00:00.000000Z"
 
 
-class FakeOllama:
+class FakeOllama(FakeServer):
     def __init__(
         self,
         *,
@@ -37,19 +34,12 @@ class FakeOllama:
         self.requests: list[dict[str, Any]] = []
         self.failures: list[int] = []
         self.break_stream: str | None = None  # an error line after the first piece
-        self.port = free_port()
-        app = Starlette(
-            routes=[
+        super().__init__(
+            [
                 Route("/api/chat", self._chat, methods=["POST"]),
                 Route("/api/tags", self._tags, methods=["GET"]),
             ]
         )
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
-            )
-        )
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def base_url(self) -> str:
@@ -57,18 +47,6 @@ class FakeOllama:
 
     def fail(self, status: int, *, times: int = 1) -> None:
         self.failures.extend([status] * times)
-
-    async def start(self) -> FakeOllama:
-        self._task = asyncio.create_task(self.server.serve())
-        async with asyncio.timeout(10):
-            while not self.server.started:  # noqa: ASYNC110 - uvicorn has no started event
-                await asyncio.sleep(0.01)
-        return self
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            await self._task
 
     async def _tags(self, request: Request) -> Response:
         return JSONResponse(

@@ -12,16 +12,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from broker.servers import free_port
+from tests.workers.fake_server import FakeServer
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeServer):
     def __init__(
         self, *, reply: str = "hello from upstream", latency: float = 0.0, chunk_delay: float = 0.0
     ) -> None:
@@ -30,14 +28,7 @@ class FakeOpenAI:
         self.chunk_delay = chunk_delay  # seconds between streamed chunks: a slow generation
         self.requests: list[dict[str, Any]] = []
         self.failures: list[tuple[int, float | None]] = []
-        self.port = free_port()
-        app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
-            )
-        )
-        self._task: asyncio.Task[None] | None = None
+        super().__init__([Route("/v1/chat/completions", self._chat, methods=["POST"])])
 
     @property
     def base_url(self) -> str:
@@ -45,18 +36,6 @@ class FakeOpenAI:
 
     def fail(self, status: int, *, retry_after: float | None = None, times: int = 1) -> None:
         self.failures.extend([(status, retry_after)] * times)
-
-    async def start(self) -> FakeOpenAI:
-        self._task = asyncio.create_task(self.server.serve())
-        async with asyncio.timeout(10):
-            while not self.server.started:  # noqa: ASYNC110 - uvicorn has no started event
-                await asyncio.sleep(0.01)
-        return self
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            await self._task
 
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
