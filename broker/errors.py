@@ -50,6 +50,16 @@ class ModelNotFound(MeshError):
     code = ErrorCode.MODEL_NOT_FOUND
 
 
+class ToolNotFound(MeshError):
+    code = ErrorCode.TOOL_NOT_FOUND
+
+
+class ToolError(MeshError):
+    """The MCP server answered with an error; `details` carry its JSON-RPC `mcp_code`."""
+
+    code = ErrorCode.TOOL_ERROR
+
+
 class InvalidMessage(MeshError):
     code = ErrorCode.INVALID_MESSAGE
 
@@ -104,6 +114,8 @@ _BY_CODE: dict[ErrorCode, type[MeshError]] = {
     for cls in (
         AgentNotFound,
         ModelNotFound,
+        ToolNotFound,
+        ToolError,
         InvalidMessage,
         InvalidId,
         PayloadTooLarge,

@@ -111,6 +111,13 @@ class Subjects:
         """
         return f"{self.prefix}.llm.{escape_token(alias, what='model')}"
 
+    def tool(self, server: str) -> str:
+        """Tool calls to one MCP server, served by MCP workers in the queue group of the same name.
+
+        Server names are ids (validated, never escaped): `<p>.tool.time`.
+        """
+        return f"{self.prefix}.tool.{validate_id(server, what='MCP server name')}"
+
     def presence_events(self, agent_id: str | None = None) -> str:
         """Presence changes: `<p>.presence.<agent_id>`; `None` gives the wildcard for watching."""
         return f"{self.prefix}.presence.{'*' if agent_id is None else validate_id(agent_id)}"

@@ -32,6 +32,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL: 502,  # the agent (upstream of the gateway) failed
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.MODEL_NOT_FOUND: 404,
+    ErrorCode.TOOL_NOT_FOUND: 404,
+    ErrorCode.TOOL_ERROR: 422,  # the MCP server refused the call
 }
 
 _HTTP_CODES = {

@@ -23,6 +23,8 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"  # the handler failed; the message says how
     MODEL_NOT_FOUND = "MODEL_NOT_FOUND"  # no LLM worker serves the model alias now
     NOT_FOUND = "NOT_FOUND"  # no such route or resource (other than an agent)
+    TOOL_NOT_FOUND = "TOOL_NOT_FOUND"  # no such MCP server or tool in the mesh now
+    TOOL_ERROR = "TOOL_ERROR"  # the MCP server refused the call (JSON-RPC error, or isError)
 
 
 class ErrorInfo(BaseModel):

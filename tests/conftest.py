@@ -23,7 +23,7 @@ from broker.servers import NatsServer, RedisServer
 from broker.settings import Settings
 
 # LLM workers and fake upstreams, for the worker and gateway tests alike.
-pytest_plugins = ["tests.workers.fixtures"]
+pytest_plugins = ["tests.workers.fixtures", "tests.mcp.fixtures"]
 
 _counter = itertools.count()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+from workers.config import ConfigError, expand_env, reasons
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -30,10 +29,6 @@ DEFAULT_BASE_URLS = {
     "ollama": "http://127.0.0.1:11434",
     "echo": "",
 }
-
-
-class ConfigError(ValueError):
-    """The models file is unreadable or invalid; the message names the file and the field."""
 
 
 class Deployment(BaseModel):
@@ -103,12 +98,9 @@ class LLMConfig(BaseModel):
     ) -> LLMConfig:
         env = os.environ if environ is None else environ
         try:
-            return cls.model_validate(_expand(raw, env, ""))
+            return cls.model_validate(expand_env(raw, env))
         except ValidationError as exc:
-            reasons = "; ".join(
-                f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(f"{source}: {reasons}") from None
+            raise ConfigError(f"{source}: {reasons(exc)}") from None
         except KeyError as exc:
             raise ConfigError(f"{source}: {exc.args[0]}") from None
 
@@ -124,23 +116,3 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
         return " ".join(str(exc).split())
     where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
     return f"{problem}{where}"
-
-
-def _expand(value: Any, env: Mapping[str, str], where: str) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string; an unset VAR without default fails."""
-    if isinstance(value, str):
-
-        def sub(m: re.Match[str]) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            raise KeyError(f"{where or 'value'}: environment variable {name} is not set")
-
-        return _VAR.sub(sub, value)
-    if isinstance(value, list):
-        return [_expand(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        return {k: _expand(v, env, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
-    return value

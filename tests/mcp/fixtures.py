@@ -1,0 +1,76 @@
+"""Fixtures (a plugin of the root conftest): MCP workers on this test's mesh, the demo MCP
+server over stdio and over HTTP (Streamable HTTP and SSE, in process on a free port)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from broker.servers import free_port
+from broker.settings import Settings
+from gateway.server import AsgiServer
+from tests.mcp.demo_server import create_server
+from workers.mcp.config import MCPConfig
+from workers.mcp.worker import MCPWorker
+
+DEMO = str(Path(__file__).with_name("demo_server.py"))
+TIME = {"command": "python", "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
+DEMO_STDIO = {"command": sys.executable, "args": [DEMO]}
+
+StartMCPWorker = Callable[..., Awaitable[MCPWorker]]
+
+
+@pytest.fixture
+async def start_mcp_worker(settings: Settings) -> AsyncIterator[StartMCPWorker]:
+    """`await start_mcp_worker({"time": TIME, ...})` runs an MCP worker with those servers and
+    waits until they are up (`wait=False`: do not); stopped afterwards."""
+    running: list[MCPWorker] = []
+
+    async def start(servers: dict[str, Any], *, wait: bool = True) -> MCPWorker:
+        worker = MCPWorker(MCPConfig.parse({"mcpServers": servers}))
+        running.append(worker)
+        await worker.start(settings)
+        if wait:
+            await worker.wait_up(timeout=30)
+        return worker
+
+    yield start
+    for worker in reversed(running):
+        await worker.stop()
+
+
+class DemoHTTP:
+    """The demo server over HTTP in this process: `/mcp` (Streamable HTTP) and `/sse`."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.sse_url = f"http://127.0.0.1:{self.port}/sse"
+        self._server: AsgiServer | None = None
+
+    async def start(self) -> DemoHTTP:
+        mcp = create_server()
+        http = mcp.streamable_http_app()
+        http.mount("/", mcp.sse_app())
+        self._server = AsgiServer(
+            uvicorn.Config(http, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        await self._server.start()
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+
+
+@pytest.fixture
+async def demo_http() -> AsyncIterator[DemoHTTP]:
+    server = await DemoHTTP().start()
+    yield server
+    await server.stop()
