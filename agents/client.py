@@ -9,6 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from agents.llm import LLM
+from agents.tools import Tools
 from broker.bus import Bus
 from broker.connections import connect_redis
 from broker.errors import AgentNotFound
@@ -148,16 +149,28 @@ class MeshClient:
         )
         return subject, body
 
+    @property
+    def tools(self) -> Tools:
+        """MCP tools served by tool workers: `await mesh.tools.call("time", "get_current_time")`."""
+        return Tools(self.bus, self.redis)
+
     def llm(self, alias: str) -> LLM:
         """A model alias served by LLM workers: `await mesh.llm("gpt-4.1-mini").chat(msgs)`."""
         return LLM(self.bus, alias)
 
     # Presence ------------------------------------------------------------------------------
+    async def redis(self) -> aioredis.Redis:
+        """The mesh's Redis (presence, catalogs), connected on first use."""
+        if self._redis is None:
+            self._redis = await connect_redis(self.settings)
+        return self._redis
+
     async def registry(self) -> PresenceRegistry:
         if self._registry is None:
-            self._redis = await connect_redis(self.settings)
             self._registry = PresenceRegistry(
-                self._redis, self.bus.subjects, heartbeat_timeout=self.settings.heartbeat_timeout
+                await self.redis(),
+                self.bus.subjects,
+                heartbeat_timeout=self.settings.heartbeat_timeout,
             )
         return self._registry
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from agents.client import MeshClient
 from agents.llm import LLM
+from agents.tools import Tools
 from broker.types import Request
 from schemas.envelope import Chunk, Message
 
@@ -53,6 +54,11 @@ class Context:
         """Whether this call was cancelled (read it from within the handler)."""
         task = asyncio.current_task()
         return task is not None and task.cancelling() > 0
+
+    @property
+    def tools(self) -> Tools:
+        """MCP tools: `await ctx.tools.call("time", "get_current_time", {"timezone": "UTC"})`."""
+        return self.mesh.tools
 
     def llm(self, alias: str) -> LLM:
         """A model alias: `await ctx.llm("gpt-4.1-mini").chat(messages, stream=...)`."""

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 import agentmesh
 from broker.bus import Bus
@@ -18,9 +19,20 @@ from broker.connections import connect_redis
 from broker.presence import PresenceRegistry
 from broker.ratelimit import RateLimiter
 from broker.settings import Settings
-from gateway import agents_api, anthropic_api, errors, keys_api, openai_api, webhooks, websocket
+from gateway import (
+    agents_api,
+    anthropic_api,
+    errors,
+    keys_api,
+    openai_api,
+    tools_api,
+    webhooks,
+    websocket,
+)
 from gateway.limits import BodyLimit
+from gateway.mcp_server import FederatedMCP
 from gateway.state import GatewayConfig, GatewayState
+from gateway.tools import ToolDirectory
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +60,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
                 redis, subjects, heartbeat_timeout=settings.heartbeat_timeout
             ),
             limiter=RateLimiter(redis, prefix=settings.prefix),
+            tools=ToolDirectory(bus, redis),
         )
         if not config.auth:
             logger.warning(
@@ -55,7 +68,8 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
                 "(set AGENTMESH_AUTH=on and create keys with `agentmesh keys create`)"
             )
         try:
-            yield
+            async with mcp.run(app.state.gateway):
+                yield
         finally:
             await bus.close()
             await redis.aclose()
@@ -66,6 +80,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         description="HTTP, WebSocket and webhook ingress into an AgentMesh mesh.",
         lifespan=lifespan,
     )
+    mcp = FederatedMCP()
     errors.install(app)
     app.include_router(agents_api.router)
     app.include_router(openai_api.router)
@@ -73,5 +88,8 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.include_router(keys_api.router)
     app.include_router(webhooks.router)
     app.include_router(websocket.router)
+    app.include_router(tools_api.router)
+    # A route, not a mount: a mount answers "/mcp" with a redirect to "/mcp/".
+    app.router.routes.append(Route("/mcp", endpoint=mcp))
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from starlette.requests import HTTPConnection
@@ -12,6 +13,9 @@ from broker.bus import Bus
 from broker.presence import PresenceRegistry
 from broker.ratelimit import RateLimiter
 from broker.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.tools import ToolDirectory
 
 
 @dataclass
@@ -45,6 +49,7 @@ class GatewayState:
     redis: aioredis.Redis
     registry: PresenceRegistry
     limiter: RateLimiter
+    tools: ToolDirectory
     started_at: float = field(default_factory=time.time)
 
 
