@@ -11,9 +11,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from broker.bus import Bus
-from broker.errors import AgentNotFound, InvalidMessage, ToolNotFound
+from broker.errors import AgentNotFound, InvalidMessage, MeshError, ToolNotFound, Unavailable
 from schemas.codec import pack, unpack
 from schemas.tools import ToolResult
 from workers.mcp.registry import Catalog, CatalogTool, ToolRegistry
@@ -59,10 +60,24 @@ class Tools:
         try:
             frame = await self.bus.request(subject, body, timeout=timeout + _MARGIN)
         except AgentNotFound:
-            raise ToolNotFound(
-                f"no MCP worker serves '{server}' now", details={"server": server}
-            ) from None
+            raise await self._not_served(server) from None
         return ToolResult.from_mcp(unpack(frame.data))
+
+    async def _not_served(self, server: str) -> MeshError:
+        """Nobody took the call: a server workers know but have down is UNAVAILABLE (they are
+        reconnecting), one nobody announces is TOOL_NOT_FOUND."""
+        details = {"server": server}
+        try:
+            known = (await self.catalog()).servers.get(server)
+        except (RedisError, OSError):
+            known = None
+        if known is not None:
+            return Unavailable(
+                f"MCP server '{server}' is down ({known.error or 'reconnecting'}); "
+                "its workers are reconnecting",
+                details=details,
+            )
+        return ToolNotFound(f"no MCP worker serves '{server}' now", details=details)
 
     async def catalog(self) -> Catalog:
         """Every MCP server workers announce (up or down), with its tools."""

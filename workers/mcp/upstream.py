@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 State = Literal["starting", "up", "down"]
 
-BACKOFF_FIRST = 0.25  # seconds before the first reconnect; doubles up to BACKOFF_MAX
+BACKOFF_FIRST = 0.25  # seconds before the first reconnect; doubles up to backoff_max
 BACKOFF_MAX = 30.0
 MAX_PAGES = 100  # tools/list pages followed; a server that paginates forever cannot hang us
 
@@ -54,6 +54,8 @@ class Upstream:
         self.error: str | None = None  # why it is down
         self.tools: list[dict[str, Any]] = []  # MCP Tool objects as JSON
         self.restarts = 0
+        self.backoff_first = BACKOFF_FIRST
+        self.backoff_max = BACKOFF_MAX
         self._on_change = on_change
         self._ping_interval = ping_interval
         self._client: Client | None = None
@@ -84,7 +86,7 @@ class Upstream:
             self._task = None
 
     async def _run(self) -> None:
-        delay = BACKOFF_FIRST
+        delay = self.backoff_first
         while True:
             closed = asyncio.Event()
             try:
@@ -96,19 +98,20 @@ class Upstream:
                     await self._fetch_tools(client)
                     self._client = client
                     await self._set("up", None)
-                    delay = BACKOFF_FIRST
+                    delay = self.backoff_first
                     await self._watch(client, closed)
             except Exception as exc:  # noqa: BLE001 - any failure to connect or stay connected
                 self.error = _describe(exc)
             finally:
                 self._client = None
-            self.restarts += self.state == "up"
+            if self.state == "up":
+                self.restarts += 1
             await self._set("down", self.error or "the session ended")
             logger.warning(
                 "MCP server %s is down (%s); reconnecting in %.2fs", self.name, self.error, delay
             )
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, BACKOFF_MAX)
+            delay = min(delay * 2, self.backoff_max)
 
     async def _set(self, state: State, error: str | None) -> None:
         changed = (state, error) != (self.state, self.error) or state == "up"

@@ -13,6 +13,7 @@ import logging
 import math
 import signal
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -68,7 +69,7 @@ class MCPWorker:
         self._lock = asyncio.Lock()
         self._beat: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
-        self._up_changed = asyncio.Event()
+        self._state_changed = asyncio.Event()
 
     async def start(self, settings: Settings | None = None) -> None:
         settings = settings or Settings.from_env()
@@ -95,15 +96,20 @@ class MCPWorker:
             TimeoutError: some server is still down at the deadline; the message says why.
         """
         try:
-            async with asyncio.timeout(timeout):
-                while any(u.state != "up" for u in self.upstreams.values()):
-                    self._up_changed.clear()
-                    await self._up_changed.wait()
+            await self.wait_for(
+                lambda: all(u.state == "up" for u in self.upstreams.values()), timeout
+            )
         except TimeoutError:
             down = [f"{u.name}: {u.error}" for u in self.upstreams.values() if u.state != "up"]
-            raise TimeoutError(
-                f"MCP servers not up after {timeout:g}s: {'; '.join(down)}"
-            ) from None
+            why = "; ".join(down)
+            raise TimeoutError(f"MCP servers not up after {timeout:g}s: {why}") from None
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float) -> None:
+        """Wait until `condition()` holds, checking it on every state change of a server."""
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self._state_changed.clear()
+                await self._state_changed.wait()
 
     async def _changed(self, upstream: Upstream) -> None:
         """An upstream connected, went down or changed its tools: serve or not, then announce."""
@@ -118,8 +124,8 @@ class MCPWorker:
             elif upstream.state != "up" and name in self._services:
                 # Calls in flight fail fast on a dead session; do not wait for long ones.
                 await self._services.pop(name).stop(timeout=1.0)
-        self._up_changed.set()
         await self._announce()
+        self._state_changed.set()  # after the announcement: waiters may read the catalog
 
     def _handler(self, upstream: Upstream):  # noqa: ANN202 - a broker Handler
         async def handle(request: Request) -> bytes:
