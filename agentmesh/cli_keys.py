@@ -20,7 +20,14 @@ from broker.errors import InvalidMessage
 from broker.ratelimit import Limit
 from broker.settings import Settings
 from broker.subjects import Subjects
-from gateway.keys import DEFAULT_SCOPES, KeyRecord, KeyStore, parse_scopes, validate_name
+from gateway.keys import (
+    DEFAULT_SCOPES,
+    KeyRecord,
+    KeyStore,
+    parse_scopes,
+    parse_tool_patterns,
+    validate_name,
+)
 from gateway.usage import FIELDS, Usage, UsageStore
 
 T = TypeVar("T")
@@ -50,6 +57,12 @@ def _with_redis(settings: Settings, use: Callable[[aioredis.Redis, Subjects], Aw
 
 def _scopes_text(record: KeyRecord) -> str:
     return ",".join(sorted(s.value for s in record.scopes))
+
+
+def _tools_text(record: KeyRecord, sep: str = ",") -> str:
+    if record.tools is None:
+        return "all"
+    return sep.join(record.tools) or "none"
 
 
 def _iso(ts: float) -> str:
@@ -91,6 +104,12 @@ def create(
         help="LLM tokens N/SECONDS, e.g. 10000/60: each call reserves an estimate, corrected "
         "from its actual usage.",
     ),
+    tools: list[str] | None = typer.Option(
+        None,
+        "--tools",
+        help="MCP tools the key may list and call, as server/tool patterns with * wildcards, "
+        "e.g. 'time/*,github/get_issue'; repeat or comma-separate. Default: every tool.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the key."),
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
@@ -99,12 +118,15 @@ def create(
         scopes = parse_scopes(",".join(scope)) if scope else DEFAULT_SCOPES
         limit = _limit(rate_limit, "rate limit")
         tokens = _limit(token_limit, "token limit")
+        allowed = parse_tool_patterns(",".join(tools)) if tools else None
     except InvalidMessage as exc:
         raise _cli._fail(exc.message) from None
     settings = _cli._settings()
     key, record = _with_store(
         settings,
-        lambda store: store.create(name, scopes=scopes, rate_limit=limit, token_limit=tokens),
+        lambda store: store.create(
+            name, scopes=scopes, rate_limit=limit, token_limit=tokens, tools=allowed
+        ),
     )
     if quiet:
         typer.echo(key)
@@ -113,6 +135,7 @@ def create(
     typer.echo(f"  scopes:      {_scopes_text(record).replace(',', ', ')}")
     typer.echo(f"  rate limit:  {record.rate_limit or 'none'}")
     typer.echo(f"  token limit: {record.token_limit or 'none'}")
+    typer.echo(f"  tools:       {_tools_text(record, ', ')}")
     typer.echo("")
     typer.echo(key)
     typer.echo("")
@@ -131,6 +154,7 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
                 "scopes": sorted(s.value for s in r.scopes),
                 "rate_limit": None if r.rate_limit is None else str(r.rate_limit),
                 "token_limit": None if r.token_limit is None else str(r.token_limit),
+                "tools": None if r.tools is None else list(r.tools),
                 "created_at": _iso(r.created_at),
             }
             for r in records
@@ -140,10 +164,11 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     if not records:
         typer.echo("no keys")
         return
-    table = [("ID", "NAME", "SCOPES", "RATE LIMIT", "TOKEN LIMIT", "CREATED")]
+    table = [("ID", "NAME", "SCOPES", "RATE LIMIT", "TOKEN LIMIT", "TOOLS", "CREATED")]
     for r in records:
         limits = (str(r.rate_limit or "-"), str(r.token_limit or "-"))
-        table.append((r.key_id, r.name, _scopes_text(r), *limits, _iso(r.created_at)))
+        row = (r.key_id, r.name, _scopes_text(r), *limits, _tools_text(r), _iso(r.created_at))
+        table.append(row)
     _table(table)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from fnmatch import fnmatchcase
 
 from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
@@ -34,9 +35,18 @@ class Principal:
     key_id: str | None = None
     rate_limit: Limit | None = None  # requests per period
     token_limit: Limit | None = None  # LLM tokens per period (see gateway.llm_limits)
+    # MCP tools the key may list and call, as `server/tool` patterns (`*` matches any run of
+    # characters): `("time/*", "github/get_*")`. None: every tool.
+    tools: tuple[str, ...] | None = None
 
     def allows(self, scope: Scope) -> bool:
         return Scope.ADMIN in self.scopes or scope in self.scopes
+
+    def may_use_tool(self, server: str, tool: str) -> bool:
+        if self.tools is None:
+            return True
+        name = f"{server}/{tool}"
+        return any(fnmatchcase(name, pattern) for pattern in self.tools)
 
 
 ANONYMOUS = Principal(name="anonymous", scopes=frozenset(Scope))
@@ -99,6 +109,7 @@ def require(scope: Scope) -> Callable[[HTTPConnection], Awaitable[Principal]]:
             key_id=record.key_id,
             rate_limit=record.rate_limit,
             token_limit=record.token_limit,
+            tools=record.tools,
         )
         if not principal.allows(scope):
             raise Forbidden(

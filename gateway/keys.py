@@ -1,14 +1,16 @@
 """API keys of the gateway: created once, stored hashed in Redis, shared by every replica.
 
 A key reads `amk_<key_id>_<secret>`. Redis holds, per key, the HASH `<p>:key:<key_id>` (name,
-scopes, rate_limit, token_limit, created_at, hash) and the set `<p>:keys` of ids; never the key
-itself.
+scopes, rate_limit, token_limit, tools, created_at, hash) and the set `<p>:keys` of ids; never the
+key itself. `tools` is a JSON list of `server/tool` patterns, or "" (or absent, in keys created
+before it existed) for every tool.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import time
@@ -29,6 +31,8 @@ _ID_RE = re.compile(rf"[a-z0-9]{{8,{_ID_LEN}}}")
 _MAX_KEY_LEN = 256  # far above a real key; longer input is refused before any work
 MAX_NAME_LEN = 64
 DEFAULT_SCOPES = frozenset({Scope.AGENTS_READ, Scope.SEND, Scope.CONNECT})
+MAX_TOOL_PATTERN_LEN = 256
+_TOOL_SERVER_RE = re.compile(r"[A-Za-z0-9_*-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,9 @@ class KeyRecord:
     rate_limit: Limit | None  # requests per period
     created_at: float  # Unix seconds
     token_limit: Limit | None = None  # LLM tokens per period, reserved then corrected
+    # MCP tools the key may list and call, as `server/tool` patterns with `*`/`?` wildcards.
+    # None: every tool; (): none.
+    tools: tuple[str, ...] | None = None
 
 
 def hash_key(key: str) -> str:
@@ -69,6 +76,57 @@ def parse_scopes(values: list[str] | tuple[str, ...] | str) -> frozenset[Scope]:
     if not out:
         raise InvalidMessage("a key needs at least one scope", details={"field": "scopes"})
     return frozenset(out)
+
+
+def parse_tool_patterns(
+    values: list[str] | tuple[str, ...] | str | None,
+) -> tuple[str, ...] | None:
+    """Tool patterns from `["time/*", "demo/echo"]` or `"time/*,demo/echo"`, deduplicated in
+    order. `None` stays `None` (every tool); an empty list gives `()` (no tool at all).
+
+    A pattern is `server/tool`: the server part of ASCII letters, digits, `_`, `-` and `*`; the
+    tool part of printable characters other than whitespace and `/` (`*` and `?` match as in
+    fnmatch).
+
+    Raises:
+        InvalidMessage: a malformed pattern, or a string with no pattern in it.
+    """
+    if values is None:
+        return None
+    items: list[object] = list(values.split(",") if isinstance(values, str) else values)
+    out: dict[str, None] = {}  # ordered set
+    for item in items:
+        if not isinstance(item, str):
+            raise InvalidMessage(f"invalid tool pattern {item!r}", details={"field": "tools"})
+        text = item.strip()
+        if text:
+            _check_tool_pattern(text)
+            out[text] = None
+    if not out and isinstance(values, str):
+        # An empty list says "no tool" plainly; an empty string is more likely a mistake.
+        raise InvalidMessage(
+            "no tool pattern given: use server/tool patterns such as 'time/*'",
+            details={"field": "tools"},
+        )
+    return tuple(out)
+
+
+def _check_tool_pattern(text: str) -> None:
+    server, sep, tool = text.partition("/")
+    problem = None
+    if len(text) > MAX_TOOL_PATTERN_LEN:
+        problem = f"longer than {MAX_TOOL_PATTERN_LEN} characters"
+    elif not sep or not server or not tool or "/" in tool:
+        problem = "use server/tool, e.g. 'time/*' or 'github/get_issue'"
+    elif not _TOOL_SERVER_RE.fullmatch(server):
+        problem = "the server part may hold only letters, digits, '_', '-' and '*'"
+    elif not all(ch.isprintable() and not ch.isspace() for ch in tool):
+        problem = "the tool part may hold no whitespace or unprintable characters"
+    if problem:
+        shown = text if len(text) <= 80 else text[:80] + "..."
+        raise InvalidMessage(
+            f"invalid tool pattern {shown!r}: {problem}", details={"field": "tools"}
+        )
 
 
 def validate_name(name: object) -> str:
@@ -108,15 +166,19 @@ class KeyStore:
         scopes: frozenset[Scope],
         rate_limit: Limit | None = None,
         token_limit: Limit | None = None,
+        tools: tuple[str, ...] | list[str] | None = None,
     ) -> tuple[str, KeyRecord]:
         """A new key. The plaintext is returned here once and stored nowhere.
 
+        `tools`: `server/tool` patterns of the MCP tools the key may use; `None`: every tool.
+
         Raises:
-            InvalidMessage: a bad name, no scopes, or a limit below one request (or token) per
-                period.
+            InvalidMessage: a bad name, no scopes, a limit below one request (or token) per
+                period, or a malformed tool pattern.
         """
         validate_name(name)
         scopes = parse_scopes([str(s) for s in scopes])
+        tools = parse_tool_patterns(None if tools is None else list(tools))
         for field, limit, unit in (
             ("rate_limit", rate_limit, "request"),
             ("token_limit", token_limit, "token"),
@@ -137,6 +199,7 @@ class KeyStore:
             rate_limit=rate_limit,
             created_at=time.time(),
             token_limit=token_limit,
+            tools=tools,
         )
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(
@@ -146,6 +209,7 @@ class KeyStore:
                     "scopes": ",".join(sorted(s.value for s in scopes)),
                     "rate_limit": "" if rate_limit is None else str(rate_limit),
                     "token_limit": "" if token_limit is None else str(token_limit),
+                    "tools": "" if tools is None else json.dumps(list(tools)),
                     "created_at": repr(record.created_at),
                     "hash": hash_key(key),
                 },
@@ -202,7 +266,20 @@ def _record(key_id: str, raw: dict[bytes, bytes]) -> KeyRecord | None:
         rate_limit=Limit.parse(limit) if limit else None,
         created_at=float(fields.get("created_at", 0) or 0),
         token_limit=Limit.parse(tokens) if tokens else None,
+        tools=_stored_tools(fields.get("tools", "")),
     )
+
+
+def _stored_tools(text: str) -> tuple[str, ...] | None:
+    if not text:  # also keys created before tool permissions existed: every tool
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return ()  # a damaged record grants no tool rather than every tool
+    return tuple(value)
 
 
 _SCOPES = frozenset(s.value for s in Scope)

@@ -34,6 +34,12 @@ class CreateKeyRequest(BaseModel):
         examples=["10000/60s"],
         description="LLM tokens per period: each call reserves an estimate, corrected after.",
     )
+    tools: list[str] | None = Field(
+        default=None,
+        description="MCP tools the key may list and call, as server/tool patterns with * "
+        "wildcards (e.g. 'time/*'); omitted: every tool",
+        examples=[["time/*", "github/get_issue"]],
+    )
 
 
 class KeyInfo(BaseModel):
@@ -42,6 +48,9 @@ class KeyInfo(BaseModel):
     scopes: list[str]
     rate_limit: str | None
     token_limit: str | None = None
+    tools: list[str] | None = Field(
+        default=None, description="server/tool patterns of the MCP tools allowed; null: every tool."
+    )
     created_at: str
 
     @classmethod
@@ -52,6 +61,7 @@ class KeyInfo(BaseModel):
             scopes=sorted(s.value for s in record.scopes),
             rate_limit=None if record.rate_limit is None else str(record.rate_limit),
             token_limit=None if record.token_limit is None else str(record.token_limit),
+            tools=None if record.tools is None else list(record.tools),
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created_at)),
         )
 
@@ -81,6 +91,7 @@ async def create_key(
         scopes=scopes,
         rate_limit=_limit(body.rate_limit, "rate_limit"),
         token_limit=_limit(body.token_limit, "token_limit"),
+        tools=body.tools,
     )
     return CreatedKey(**KeyInfo.of(record).model_dump(), key=key)
 

@@ -79,14 +79,15 @@ async def test_keys_list_shows_names_and_scopes_but_never_the_key(
     result = await run_cli(agentmesh_exe, "keys", "list", env=env_for)
     assert result.code == 0, result.err
     header, *rows = result.out.splitlines()
-    assert header.split() == ["ID", "NAME", "SCOPES", "RATE", "LIMIT", "TOKEN", "LIMIT", "CREATED"]
+    assert header.split() == "ID NAME SCOPES RATE LIMIT TOKEN LIMIT TOOLS CREATED".split()
     assert len(rows) == 1
     assert rows[0].split()[:3] == [key_id, "dashboard", "agents:read,connect,send"]
+    assert rows[0].split()[5] == "all"
     assert secret not in result.out
 
     as_json = await run_cli(agentmesh_exe, "keys", "list", "--json", env=env_for)
     [row] = json.loads(as_json.out)
-    assert row["key_id"] == key_id and row["rate_limit"] is None
+    assert row["key_id"] == key_id and row["rate_limit"] is None and row["tools"] is None
     assert secret not in as_json.out and "hash" not in row
 
 
@@ -123,6 +124,13 @@ BAD_INPUT = [
         id="token-limit-below-one",
     ),
     pytest.param(["create", "x", "--scope", "root"], "unknown scope 'root'", id="scope"),
+    pytest.param(["create", "x", "--tools", "time"], "invalid tool pattern 'time'", id="tools"),
+    pytest.param(
+        ["create", "x", "--tools", "time/*", "--tools", "a.b/x"],
+        "invalid tool pattern 'a.b/x'",
+        id="tools-server",
+    ),
+    pytest.param(["create", "x", "--tools", " "], "no tool pattern", id="tools-empty"),
     pytest.param(["create", "x" * 65], "1-64 printable characters", id="name"),
     pytest.param(["revoke", "nosuchkey"], "no key with id 'nosuchkey'", id="unknown-id"),
     pytest.param(["revoke", "a.>"], "no key with id 'a.>'", id="wildcard-id"),
@@ -217,3 +225,47 @@ async def test_keys_usage_prints_the_counters_per_key_and_model(
     ]
     none = await run_cli(agentmesh_exe, "keys", "usage", "zzzzzzzzzzzz", env=env_for)
     assert (none.code, none.out) == (0, "no usage for key zzzzzzzzzzzz\n")
+
+
+# tool permissions -----------------------------------------------------------------------------
+async def test_keys_create_with_tools_stores_them_and_list_shows_them(
+    agentmesh_exe: str, env_for: dict[str, str], settings: Settings
+) -> None:
+    result = await run_cli(
+        agentmesh_exe,
+        "keys",
+        "create",
+        "tool bot",
+        "--tools",
+        "time/*,demo/echo",
+        "--tools",
+        "*/read_*",
+        env=env_for,
+    )
+    assert result.code == 0, result.err
+    _, key_id = printed_key(result.out)
+    assert "  tools:       time/*, demo/echo, */read_*\n" in result.out
+
+    redis = await connect_redis(settings)
+    try:
+        stored = await redis.hget(f"{settings.prefix}:key:{key_id}", "tools")
+    finally:
+        await redis.aclose()
+    assert json.loads(stored) == ["time/*", "demo/echo", "*/read_*"]
+
+    listed = await run_cli(agentmesh_exe, "keys", "list", env=env_for)
+    _, row = listed.out.splitlines()
+    assert row.split()[:3] == [key_id, "tool", "bot"]
+    assert row.split()[6] == "time/*,demo/echo,*/read_*"
+    [as_json] = json.loads(
+        (await run_cli(agentmesh_exe, "keys", "list", "--json", env=env_for)).out
+    )
+    assert as_json["tools"] == ["time/*", "demo/echo", "*/read_*"]
+
+
+async def test_keys_create_without_tools_allows_every_tool(
+    agentmesh_exe: str, env_for: dict[str, str]
+) -> None:
+    result = await run_cli(agentmesh_exe, "keys", "create", "plain", env=env_for)
+    assert result.code == 0, result.err
+    assert "  tools:       all\n" in result.out

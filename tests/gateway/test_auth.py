@@ -18,12 +18,13 @@ from websockets.exceptions import ConnectionClosed
 from agents.agent import Agent
 from agents.context import Context
 from broker.connections import connect_redis
+from broker.errors import InvalidMessage
 from broker.ratelimit import Limit
 from broker.servers import RedisServer
 from broker.settings import Settings
 from broker.subjects import Subjects
 from gateway.auth import Scope
-from gateway.keys import KeyStore
+from gateway.keys import KeyStore, parse_tool_patterns
 from gateway.state import GatewayConfig
 from schemas.envelope import Message
 from tests.conftest import StartAgent
@@ -393,11 +394,137 @@ async def test_a_stored_limit_that_can_never_pass_is_a_429_without_retry_after(
 
 
 async def test_keys_refuse_a_rate_limit_below_one_call_per_period(keys: KeyStore) -> None:
-    from broker.errors import InvalidMessage
-
     with pytest.raises(InvalidMessage, match="at least 1"):
         await keys.create("x", scopes=frozenset({Scope.SEND}), rate_limit=Limit(0.5, 1))
     assert await keys.list() == []
+
+
+# tool permissions ----------------------------------------------------------------------------
+async def test_a_key_created_with_tool_patterns_keeps_them_through_lookup_and_list(
+    keys: KeyStore, redis: aioredis.Redis, settings: Settings
+) -> None:
+    key, created = await keys.create(
+        "tools", scopes=frozenset({Scope.SEND}), tools=[" time/* ", "demo/echo", "time/*"]
+    )
+    assert created.tools == ("time/*", "demo/echo")  # stripped, deduplicated in order
+    stored = await redis.hget(f"{settings.prefix}:key:{created.key_id}", "tools")
+    assert stored == b'["time/*", "demo/echo"]'
+
+    looked_up = await keys.lookup(key)
+    assert looked_up is not None and looked_up.tools == ("time/*", "demo/echo")
+    [listed] = await keys.list()
+    assert listed == created
+
+
+async def test_tools_none_means_every_tool_and_an_empty_list_means_none(
+    keys: KeyStore, redis: aioredis.Redis, settings: Settings
+) -> None:
+    every, rec_every = await keys.create("every", scopes=frozenset({Scope.SEND}))
+    no_tool, rec_none = await keys.create("none", scopes=frozenset({Scope.SEND}), tools=[])
+    assert (rec_every.tools, rec_none.tools) == (None, ())
+    hash_of = f"{settings.prefix}:key:{{}}"
+    assert await redis.hget(hash_of.format(rec_every.key_id), "tools") == b""
+    assert await redis.hget(hash_of.format(rec_none.key_id), "tools") == b"[]"
+    found_every, found_none = await keys.lookup(every), await keys.lookup(no_tool)
+    assert found_every is not None and found_every.tools is None
+    assert found_none is not None and found_none.tools == ()
+
+
+async def test_a_key_stored_before_tool_permissions_existed_may_use_every_tool(
+    client: httpx.AsyncClient, keys: KeyStore, redis: aioredis.Redis, settings: Settings
+) -> None:
+    key, record = await keys.create("old", scopes=frozenset({Scope.ADMIN}), tools=["a/b"])
+    await redis.hdel(f"{settings.prefix}:key:{record.key_id}", "tools")
+    looked_up = await keys.lookup(key)
+    assert looked_up is not None and looked_up.tools is None
+    [info] = (await client.get("/gateway/keys", headers=bearer(key))).json()["keys"]
+    assert info["tools"] is None
+
+
+async def test_a_damaged_tools_field_grants_no_tool(
+    keys: KeyStore, redis: aioredis.Redis, settings: Settings
+) -> None:
+    key, record = await keys.create("damaged", scopes=frozenset({Scope.SEND}))
+    await redis.hset(f"{settings.prefix}:key:{record.key_id}", "tools", "time/*")  # not JSON
+    looked_up = await keys.lookup(key)
+    assert looked_up is not None and looked_up.tools == ()
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["time", "a/b/c", "/x", "x/", "ti me/x", "a.b/x", "time/to day", "s/" + "x" * 255, "/"],
+)
+async def test_the_store_refuses_a_malformed_tool_pattern(keys: KeyStore, pattern: str) -> None:
+    with pytest.raises(InvalidMessage, match="invalid tool pattern") as raised:
+        await keys.create("x", scopes=frozenset({Scope.SEND}), tools=["time/*", pattern])
+    assert raised.value.details == {"field": "tools"}
+    assert await keys.list() == []
+
+
+LONGEST = "srv/" + "x" * 252  # exactly 256 characters
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (None, None),
+        ([], ()),
+        (["", " "], ()),
+        ("time/*, demo/echo,,time/*", ("time/*", "demo/echo")),
+        (
+            ["*/read_*", "github/get_issue", "my-srv_2/tool?", "a/é[x]"],
+            ("*/read_*", "github/get_issue", "my-srv_2/tool?", "a/é[x]"),
+        ),
+        ([LONGEST], (LONGEST,)),
+    ],
+)
+def test_parse_tool_patterns_accepts_wildcards_and_normalizes(
+    values: list[str] | str | None, expected: tuple[str, ...] | None
+) -> None:
+    assert parse_tool_patterns(values) == expected
+
+
+@pytest.mark.parametrize("text", ["", " ", " , "])
+def test_parse_tool_patterns_refuses_a_string_with_no_pattern(text: str) -> None:
+    with pytest.raises(InvalidMessage, match="no tool pattern") as raised:
+        parse_tool_patterns(text)
+    assert raised.value.details == {"field": "tools"}
+
+
+async def test_an_admin_creates_a_key_with_tools_over_http(
+    client: httpx.AsyncClient, keys: KeyStore
+) -> None:
+    h = bearer(await make_key(keys, Scope.ADMIN, name="root"))
+    r = await client.post(
+        "/gateway/keys", json={"name": "tooled", "tools": ["time/*", "demo/echo"]}, headers=h
+    )
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["tools"] == ["time/*", "demo/echo"]
+    looked_up = await keys.lookup(created["key"])
+    assert looked_up is not None and looked_up.tools == ("time/*", "demo/echo")
+
+    r = await client.post("/gateway/keys", json={"name": "no tools", "tools": []}, headers=h)
+    assert r.status_code == 201 and r.json()["tools"] == [], r.text
+
+    listed = {
+        k["name"]: k["tools"] for k in (await client.get("/gateway/keys", headers=h)).json()["keys"]
+    }
+    assert listed == {"root": None, "tooled": ["time/*", "demo/echo"], "no tools": []}
+
+
+@pytest.mark.parametrize("pattern", ["time", "a/b/c", "/x", "ti me/x", "a.b/x"])
+async def test_creating_a_key_over_http_with_a_bad_tool_pattern_is_a_400(
+    client: httpx.AsyncClient, keys: KeyStore, pattern: str
+) -> None:
+    h = bearer(await make_key(keys, Scope.ADMIN, name="root"))
+    r = await client.post("/gateway/keys", json={"name": "x", "tools": [pattern]}, headers=h)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "INVALID_MESSAGE"
+    assert f"invalid tool pattern {pattern!r}" in error["message"]
+    assert error["details"]["field"] == "tools"
+    assert [k.name for k in await keys.list()] == ["root"]
 
 
 # Redis down ----------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import uvicorn
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.servers import free_port
 from broker.settings import Settings
@@ -47,8 +49,9 @@ async def start_mcp_worker(settings: Settings) -> AsyncIterator[StartMCPWorker]:
 class DemoHTTP:
     """The demo server over HTTP in this process: `/mcp` (Streamable HTTP) and `/sse`."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, token: str | None = None) -> None:
         self.port = port or free_port()
+        self.token = token  # when set, requests need "Authorization: Bearer <token>"
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self.sse_url = f"http://127.0.0.1:{self.port}/sse"
         self._server: AsgiServer | None = None
@@ -57,8 +60,9 @@ class DemoHTTP:
         mcp = create_server()
         http = mcp.streamable_http_app()
         http.mount("/", mcp.sse_app())
+        app = http if self.token is None else _require_bearer(http, self.token)
         self._server = AsgiServer(
-            uvicorn.Config(http, host="127.0.0.1", port=self.port, log_level="warning")
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         )
         await self._server.start()
         return self
@@ -67,6 +71,18 @@ class DemoHTTP:
         if self._server is not None:
             await self._server.stop()
             self._server = None
+
+
+def _require_bearer(app: ASGIApp, token: str) -> ASGIApp:
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            if headers.get(b"authorization") != f"Bearer {token}".encode():
+                await PlainTextResponse("bad token", 401)(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return guarded
 
 
 @pytest.fixture

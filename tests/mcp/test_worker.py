@@ -8,7 +8,7 @@ import pytest
 from broker.bus import Bus
 from broker.errors import AgentNotFound, InvalidMessage, ToolError, ToolNotFound
 from schemas.codec import pack, unpack
-from tests.mcp.fixtures import DEMO_STDIO, TIME
+from tests.mcp.fixtures import DEMO_STDIO, TIME, DemoHTTP
 
 
 async def call(bus: Bus, server: str, body: object, timeout: float = 10) -> dict:
@@ -34,6 +34,31 @@ async def test_http_and_sse_servers(start_mcp_worker, demo_http, mesh):
     for server in ("web", "old"):
         result = await call(mesh.bus, server, {"tool": "add", "arguments": {"a": 2, "b": 3}})
         assert result["structuredContent"] == {"sum": 5}
+
+
+async def test_remote_headers_are_sent_and_a_refused_server_stays_down(
+    start_mcp_worker, mesh, monkeypatch
+):
+    monkeypatch.setenv("DEMO_TOKEN", "s3cret")  # mcp.json's ${VAR} expansion
+    server = await DemoHTTP(token="s3cret").start()
+    try:
+        worker = await start_mcp_worker(
+            {
+                "keyed": {"url": server.url, "headers": {"Authorization": "Bearer ${DEMO_TOKEN}"}},
+                "keyless": {"url": server.url},
+            },
+            wait=False,
+        )
+        keyed, keyless = worker.upstreams["keyed"], worker.upstreams["keyless"]
+        await worker.wait_for(lambda: keyed.state == "up" and keyless.state == "down", 20)
+        assert "401" in (keyless.error or "")
+        result = await call(mesh.bus, "keyed", {"tool": "echo", "arguments": {"text": "in"}})
+        assert result["content"][0]["text"] == "in"
+        catalog = await mesh.tools.catalog()
+        assert catalog.servers["keyless"].state == "down"
+        assert "401" in (catalog.servers["keyless"].error or "")
+    finally:
+        await server.stop()
 
 
 async def test_tool_errors_and_bad_requests_leave_the_worker_serving(start_mcp_worker, mesh):

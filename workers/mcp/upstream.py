@@ -18,12 +18,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppres
 from typing import Any, Literal
 
 import anyio
+import httpx2
 import mcp_types as types
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from broker.errors import MeshTimeout, ToolError, ToolNotFound, Unavailable
@@ -89,6 +90,7 @@ class Upstream:
         delay = self.backoff_first
         while True:
             closed = asyncio.Event()
+            self._last_status: int | None = None
             try:
                 async with Client(
                     _Watched(self._transport(), closed),
@@ -102,6 +104,8 @@ class Upstream:
                     await self._watch(client, closed)
             except Exception as exc:  # noqa: BLE001 - any failure to connect or stay connected
                 self.error = _describe(exc)
+                if self._last_status is not None:
+                    self.error = f"HTTP {self._last_status} from {self.config.url}: {self.error}"
             finally:
                 self._client = None
             if self.state == "up":
@@ -132,7 +136,10 @@ class Upstream:
         assert cfg.url is not None
         if cfg.transport == "sse":
             return sse_client(cfg.url, headers=cfg.headers or None)
-        return _streamable_http(cfg.url, cfg.headers)
+        return _streamable_http(cfg.url, cfg.headers, self._http_status)
+
+    def _http_status(self, status: int) -> None:
+        self._last_status = status
 
     async def _watch(self, client: Client, closed: asyncio.Event) -> None:
         """Return when the session is gone: closed, a failed check, or a lost subscription."""
@@ -253,10 +260,21 @@ class Upstream:
 
 
 @asynccontextmanager
-async def _streamable_http(url: str, headers: dict[str, str]) -> AsyncIterator[Any]:
-    async with create_mcp_http_client(headers=headers or None) as http:
-        async with streamable_http_client(url, http_client=http) as streams:
-            yield streams
+async def _streamable_http(
+    url: str, headers: dict[str, str], on_status: Callable[[int], None]
+) -> AsyncIterator[Any]:
+    async def seen(response: httpx2.Response) -> None:
+        if response.status_code >= 400:
+            on_status(response.status_code)
+
+    # The SDK's defaults (30 s, 300 s for reads of a stream), plus a hook: the SDK reports a
+    # refused request as "Server returned an error response" without its status.
+    timeout = httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)
+    http = httpx2.AsyncClient(
+        headers=headers or None, timeout=timeout, event_hooks={"response": [seen]}
+    )
+    async with http, streamable_http_client(url, http_client=http) as streams:
+        yield streams
 
 
 def _describe(exc: BaseException) -> str:
