@@ -17,6 +17,8 @@ from broker.errors import (
     PayloadTooLarge,
     RateLimited,
     RemoteError,
+    ToolError,
+    ToolNotFound,
     Unauthorized,
     Unavailable,
 )
@@ -25,6 +27,7 @@ from gateway.client import GatewayClient
 from schemas.agent import AgentCard, Presence
 from schemas.envelope import Chunk, DataPart, FilePart, ImagePart, Message, TextPart
 from schemas.errors import ErrorCode
+from schemas.tools import ToolResult
 
 __version__ = "0.1.0"
 
@@ -53,6 +56,9 @@ __all__ = [
     "RemoteError",
     "Settings",
     "TextPart",
+    "ToolError",
+    "ToolNotFound",
+    "ToolResult",
     "Unauthorized",
     "Unavailable",
     "__version__",

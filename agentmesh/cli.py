@@ -83,11 +83,14 @@ def up(
     no_llm: bool = typer.Option(
         False, "--no-llm", help="Do not start the LLM worker (echo model, keys from the env)."
     ),
+    no_mcp: bool = typer.Option(
+        False, "--no-mcp", help="Do not start the MCP worker (the mcp-server-time tools)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run a local mesh: nats-server (JetStream), redis-server, the gateway, the echo agent and
-    an LLM worker (the built-in echo model, plus OpenAI, Anthropic or Ollama models when their
-    keys are set or a local Ollama answers)."""
+    """Run a local mesh: nats-server (JetStream), redis-server, the gateway, the echo agent, an
+    LLM worker (the built-in echo model, plus OpenAI, Anthropic or Ollama models when their
+    keys are set or a local Ollama answers) and an MCP worker (the reference time server)."""
     from agentmesh.local import LocalMesh
 
     _setup_logging(verbose)
@@ -98,7 +101,7 @@ def up(
         prefix=_settings().prefix,
         gateway_port=None if no_gateway else gateway_port,
     )
-    _run(lambda: mesh.run(echo=not no_echo, llm=not no_llm))
+    _run(lambda: mesh.run(echo=not no_echo, llm=not no_llm, mcp=not no_mcp))
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""`agentmesh worker`: run the mesh's workers (`llm` now) until Ctrl-C or SIGTERM."""
+"""`agentmesh worker`: run the mesh's workers (`llm`, `mcp`) until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -30,6 +30,40 @@ def llm(
         raise _cli._fail(str(exc)) from None
     settings = _cli._settings()
     worker = LLMWorker(models)
+
+    async def main() -> None:
+        try:
+            await worker.run_until_signal(settings)
+        except BaseException:
+            await worker.stop()  # a failed start (NATS or Redis down): close what did open
+            raise
+
+    _cli._run(main)
+
+
+@worker_app.command(
+    "mcp",
+    help="Serve the tools of the MCP servers in an mcp.json over the bus "
+    "(start more to share the load).",
+)
+def mcp(
+    config: Path = typer.Option(
+        ..., "--config", "-c", help="The MCP servers file (mcp.json, the mcpServers shape)."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve the tools of the MCP servers in an mcp.json over the bus (more share the load)."""
+    from workers.config import ConfigError
+    from workers.mcp.config import MCPConfig
+    from workers.mcp.worker import MCPWorker
+
+    _cli._setup_logging(verbose)
+    try:
+        servers = MCPConfig.load(config)
+    except ConfigError as exc:
+        raise _cli._fail(str(exc)) from None
+    settings = _cli._settings()
+    worker = MCPWorker(servers)
 
     async def main() -> None:
         try:

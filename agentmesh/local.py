@@ -1,4 +1,5 @@
-"""`agentmesh up`: a real local mesh (nats-server with JetStream, redis-server, demo agents).
+"""`agentmesh up`: a real local mesh (nats-server with JetStream, redis-server, the gateway, the
+echo agent, an LLM worker and an MCP worker with the reference time server).
 
 Everything started here is stopped here, in reverse order, on Ctrl-C or SIGTERM.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from dataclasses import dataclass
@@ -18,8 +20,22 @@ from broker.settings import Settings
 from workers.llm.config import LLMConfig
 from workers.llm.defaults import config_from_env, describe
 from workers.llm.worker import LLMWorker
+from workers.mcp.config import MCPConfig
+from workers.mcp.worker import MCPWorker
 
 logger = logging.getLogger(__name__)
+
+# The MCP servers `up` serves: what deploy/mcp.json holds (deploy/ is not part of the package).
+# Pinned to UTC so the result does not depend on the machine's time zone setting.
+MCP_SERVERS: dict[str, Any] = {
+    "mcpServers": {
+        "time": {
+            "command": "python",  # this interpreter: mcp-server-time comes with the servers extra
+            "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"],
+        }
+    }
+}
+MCP_START_TIMEOUT = 30.0
 
 
 @dataclass
@@ -32,12 +48,18 @@ class LocalMesh:
     gateway_port: int | None = 8001  # None: no gateway
 
     async def run(
-        self, *, ready: asyncio.Event | None = None, echo: bool = True, llm: bool = True
+        self,
+        *,
+        ready: asyncio.Event | None = None,
+        echo: bool = True,
+        llm: bool = True,
+        mcp: bool = True,
     ) -> None:
         servers: list[LocalServer] = []
         agents = []
         gateway = gateway_task = None
         worker: LLMWorker | None = None
+        tools: MCPWorker | None = None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -61,13 +83,23 @@ class LocalMesh:
                 # Probing for a local Ollama blocks for up to half a second: off the loop.
                 worker = LLMWorker(await asyncio.to_thread(config_from_env))
                 await worker.start(settings)
+            if mcp:
+                tools = MCPWorker(MCPConfig.parse(MCP_SERVERS, source="agentmesh up"))
+                await tools.start(settings)
+                if not await self._mcp_started(tools):
+                    await tools.stop()
+                    tools = None
             models = worker.config if worker is not None else None
-            print(self.banner(settings, servers, [a.agent_id for a in agents], models), flush=True)
+            agent_ids = [a.agent_id for a in agents]
+            print(self.banner(settings, servers, agent_ids, models, tools), flush=True)
             if ready is not None:
                 ready.set()
             await stop.wait()
             print("\nstopping the local mesh ...", flush=True)
         finally:
+            if tools is not None:
+                with contextlib.suppress(Exception):
+                    await tools.stop()
             if worker is not None:
                 with contextlib.suppress(Exception):
                     await worker.stop()
@@ -100,12 +132,33 @@ class LocalMesh:
             raise ServerError(str(exc)) from None
         return server, task
 
+    async def _mcp_started(self, worker: MCPWorker) -> bool:
+        """Whether the MCP worker's servers came up; if not, a warning, and `up` goes on without
+        it: a missing mcp-server-time must not keep the rest of the mesh from running."""
+        upstreams = worker.upstreams.values()
+        # Up, or failed once: a server that cannot start (not installed) fails within a second,
+        # so do not sit out its reconnect backoff.
+        with contextlib.suppress(TimeoutError):
+            await worker.wait_for(
+                lambda: all(u.state != "starting" for u in upstreams), MCP_START_TIMEOUT
+            )
+        down = [f"{u.name}: {u.error or u.state}" for u in upstreams if u.state != "up"]
+        if not down:
+            return True
+        print(
+            f"warning: no MCP worker, its servers did not start ({'; '.join(down)}); "
+            "is mcp-server-time installed (pip install -e '.[servers]')? --no-mcp skips it",
+            flush=True,
+        )
+        return False
+
     def banner(
         self,
         settings: Settings,
         servers: list[LocalServer],
         agents: list[str],
         models: LLMConfig | None = None,
+        tools: MCPWorker | None = None,
     ) -> str:
         gateway = (
             f"  Gateway http://{self.host}:{self.gateway_port}  (API docs: "
@@ -121,6 +174,7 @@ class LocalMesh:
             f"  prefix {settings.prefix}   data {self.data_dir}",
             f"  agents {', '.join(agents) or '-'}",
             *self._models_lines(models),
+            self._mcp_line(tools),
             "",
             "In another terminal:",
             "  agentmesh agents                     # who is online",
@@ -135,6 +189,7 @@ class LocalMesh:
                 else []
             ),
             *self._curl_lines(models),
+            *self._tool_curl_lines(tools),
             "",
             "Ctrl-C stops everything started here.",
         ]
@@ -154,4 +209,25 @@ class LocalMesh:
             f"  curl http://{self.host}:{self.gateway_port}/v1/chat/completions \\",
             "    -H 'content-type: application/json' \\",
             '    -d \'{"model": "echo", "messages": [{"role": "user", "content": "hi"}]}\'',
+        ]
+
+    def _mcp_line(self, tools: MCPWorker | None) -> str:
+        url = f"http://{self.host}:{self.gateway_port}/mcp" if self.gateway_port else "-"
+        if tools is None:
+            return f"  MCP    {url}  (no MCP worker)" if self.gateway_port else "  MCP    -"
+        up = [u for u in tools.upstreams.values() if u.state == "up"]
+        count = sum(len(u.tools) for u in up)
+        names = ", ".join(u.name for u in up)
+        plural = "s" if len(up) != 1 else ""
+        return f"  MCP    {url}  ({len(up)} server{plural}: {names}; {count} tools)"
+
+    def _tool_curl_lines(self, tools: MCPWorker | None) -> list[str]:
+        if tools is None or "time" not in tools.upstreams or self.gateway_port is None:
+            return []
+        call = {"server": "time", "tool": "get_current_time", "arguments": {"timezone": "UTC"}}
+        return [
+            "  # a tool of the time MCP server (or point any MCP client at the /mcp URL above):",
+            f"  curl http://{self.host}:{self.gateway_port}/v1/tools/call \\",
+            "    -H 'content-type: application/json' \\",
+            f"    -d '{json.dumps(call)}'",
         ]

@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from agentmesh.local import MCP_SERVERS
 from broker.servers import ServerError, find_nats_server
 from workers.llm.config import LLMConfig
+from workers.mcp.config import MCPConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -28,6 +30,7 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 NATS_CONFIG = ROOT / "deploy" / "nats" / "nats.conf"
 CLUSTER_CONFIG = ROOT / "deploy" / "nats" / "cluster.conf"
 MODELS_FILE = ROOT / "deploy" / "models.yaml"
+MCP_FILE = ROOT / "deploy" / "mcp.json"
 URL_VARIABLES = ("AGENTMESH_NATS_URL", "AGENTMESH_REDIS_URL")
 
 
@@ -184,10 +187,11 @@ def test_docker_compose_config_accepts_the_compose_file() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_the_compose_file_defines_nats_redis_the_gateway_the_echo_agent_and_an_llm_worker() -> None:
+def test_the_compose_file_defines_nats_redis_the_gateway_the_echo_agent_and_the_workers() -> None:
     done = _run_compose("config", "--services")
     assert done.returncode == 0, done.stderr
-    assert {"nats", "redis", "gateway", "echo-agent", "llm-worker"} <= set(done.stdout.split())
+    services = set(done.stdout.split())
+    assert {"nats", "redis", "gateway", "echo-agent", "llm-worker", "mcp-worker"} <= services
 
 
 def test_nats_runs_with_the_mounted_config_that_enables_jetstream() -> None:
@@ -252,6 +256,22 @@ def test_the_llm_worker_serves_the_mounted_models_file_and_gets_the_provider_key
     # The example loads with no key set, and serves the built-in echo model.
     assert LLMConfig.load(MODELS_FILE, environ={}).model("echo") is not None
     assert {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"} <= set(_environment(worker))
+
+
+def test_the_mcp_worker_serves_the_mounted_mcp_file_with_the_time_server() -> None:
+    worker = _config()["services"]["mcp-worker"]
+    command = _command(worker)
+    assert command[:3] == ["worker", "mcp", "--config"]
+    sources = [source for source, target in _mounts(worker) if target == command[3]]
+    assert sources, f"{command[3]} is not mounted into the mcp-worker service"
+    assert Path(sources[0]).resolve() == MCP_FILE
+    time = MCPConfig.load(MCP_FILE, environ={}).by_name["time"]
+    # In a container there is no local time zone to detect: the file pins UTC.
+    assert time.command == "python"
+    assert time.args == ["-m", "mcp_server_time", "--local-timezone", "UTC"]
+    assert json.loads(MCP_FILE.read_text()) == MCP_SERVERS, "`agentmesh up` serves the same"
+    # The image has the server: the Dockerfile installs it next to the runtime dependencies.
+    assert re.search(r"^RUN pip install .*mcp-server-time", DOCKERFILE.read_text(), re.MULTILINE)
 
 
 def test_the_dockerfile_runs_agentmesh_as_a_non_root_user() -> None:

@@ -1,8 +1,10 @@
-"""`agentmesh worker llm --config models.yaml`, run as a real process against this test's mesh."""
+"""`agentmesh worker llm --config models.yaml` and `agentmesh worker mcp --config mcp.json`, run as
+real processes against this test's mesh."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 
@@ -10,11 +12,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from agents.client import MeshClient
-from broker.errors import ModelNotFound
+from broker.errors import ModelNotFound, ToolNotFound, Unavailable
 from broker.servers import free_port
 from broker.settings import Settings
 from broker.subjects import Subjects
+from schemas.tools import ToolResult
 from tests.agentmesh.test_cli import ROOT, run_cli
+from tests.mcp.fixtures import TIME
 from workers.llm.registry import ModelRegistry
 
 HELLO = [{"role": "user", "content": "hello worker"}]
@@ -115,3 +119,89 @@ async def test_worker_llm_serves_its_models_until_a_signal_then_withdraws_them(
     assert await registry.list() == []
     with pytest.raises(ModelNotFound):
         await mesh.llm("echo").chat(HELLO)
+
+
+def mcp_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "mcp.json"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, "cannot read"),
+        ('{"mcpServers": {', "is not valid JSON"),
+        ('{"servers": {}}', 'expected {"mcpServers": {...}}'),
+        ('{"mcpServers": {"t": {"args": ["x"]}}}', "a stdio server needs a 'command'"),
+        ('{"mcpServers": {"bad name": {"command": "x"}}}', "invalid server name 'bad name'"),
+        (
+            '{"mcpServers": {"t": {"command": "${NO_SUCH_MCP_VAR}"}}}',
+            "NO_SUCH_MCP_VAR is not set",
+        ),
+    ],
+    ids=["missing", "bad-json", "no-mcpServers", "no-command", "bad-name", "unset-variable"],
+)
+async def test_worker_mcp_with_a_bad_config_exits_1_with_one_clear_line(
+    agentmesh_exe: str, env_for: dict[str, str], tmp_path: Path, text: str | None, expected: str
+) -> None:
+    path = str(tmp_path / "absent.json") if text is None else mcp_file(tmp_path, text)
+    result = await run_cli(agentmesh_exe, "worker", "mcp", "--config", path, env=env_for)
+    assert result.code == 1
+    assert result.err.startswith("error: ") and result.err.count("\n") == 1, result.err
+    assert expected in result.err
+    assert "Traceback" not in result.err
+
+
+async def call_time_when_served(mesh: MeshClient, timeout: float = 30) -> ToolResult:
+    """The time server's get_current_time, retried until a worker serves it."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                return await mesh.tools.call("time", "get_current_time", {"timezone": "UTC"})
+            except (ToolNotFound, Unavailable):  # not announced yet, or still starting
+                await asyncio.sleep(0.05)
+
+
+async def test_worker_mcp_serves_the_tools_of_its_servers_until_sigterm_then_withdraws_them(
+    agentmesh_exe: str,
+    env_for: dict[str, str],
+    mesh: MeshClient,
+    tmp_path: Path,
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        agentmesh_exe,
+        "worker",
+        "mcp",
+        "--config",
+        mcp_file(tmp_path, json.dumps({"mcpServers": {"time": TIME}})),
+        env=env_for,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        result = await call_time_when_served(mesh)
+        assert result.is_error is False, result.raw
+        assert result.structured["timezone"] == "UTC"
+        assert sorted(t.name for t in await mesh.tools.list() if t.server == "time") == [
+            "convert_time",
+            "get_current_time",
+        ]
+
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            # Read to the end: the time server shares the pipe, so this also sees it gone.
+            rest = await proc.stderr.read()
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0, rest
+    assert b"Traceback" not in rest
+    assert await mesh.tools.list() == []
+    with pytest.raises(ToolNotFound):
+        await mesh.tools.call("time", "get_current_time", {"timezone": "UTC"})

@@ -1,5 +1,6 @@
 """`agentmesh up`, run as a real process: it starts nats-server, redis-server, the echo agent,
-the gateway and an LLM worker, and stops all of them on Ctrl-C (SIGINT) or SIGTERM."""
+the gateway, an LLM worker and an MCP worker (the time server), and stops all of them on Ctrl-C
+(SIGINT) or SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,12 +20,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from mcp import Client
 
 from broker.servers import free_port, port_in_use, process_alive
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 ROOT = Path(__file__).resolve().parents[2]
+TIME_CALL = {"server": "time", "tool": "get_current_time", "arguments": {"timezone": "UTC"}}
 
 
 def clean_env(**urls: str) -> dict[str, str]:
@@ -50,9 +54,10 @@ def free_ports(n: int) -> list[int]:
 class Up:
     """A running `agentmesh up`; its stdout and stderr are read line by line by a thread."""
 
-    def __init__(self, exe: str, *args: str) -> None:
+    def __init__(self, exe: str | list[str], *args: str) -> None:
+        command = [exe] if isinstance(exe, str) else exe  # a list: a command that runs the CLI
         self.proc = subprocess.Popen(
-            [exe, "up", *args],
+            [*command, "up", *args],
             cwd=ROOT,
             env=clean_env(),
             stdin=subprocess.DEVNULL,
@@ -142,7 +147,7 @@ class Mesh:
 
 
 @contextmanager
-def start_mesh(exe: str, tmp_path: Path, *args: str) -> Iterator[Mesh]:
+def start_mesh(exe: str | list[str], tmp_path: Path, *args: str) -> Iterator[Mesh]:
     nats_port, redis_port, gateway_port = free_ports(3)
     data_dir = tmp_path / "mesh"
     up = Up(
@@ -236,6 +241,9 @@ def test_the_banner_gives_both_urls_the_echo_agent_and_how_to_attach_an_agent(
     assert f"Gateway {gateway}  (API docs: {gateway}/docs)" in banner
     assert "  models echo (built-in, repeats your message; no key needed)\n" in banner
     assert f"curl {gateway}/v1/chat/completions" in banner
+    assert f"  MCP    {gateway}/mcp  (1 server: time; 2 tools)\n" in banner
+    assert f"curl {gateway}/v1/tools/call" in banner
+    assert "warning" not in banner
 
 
 def test_the_echo_model_of_up_answers_through_its_gateways_openai_api(mesh: Mesh) -> None:
@@ -251,12 +259,33 @@ def test_the_echo_model_of_up_answers_through_its_gateways_openai_api(mesh: Mesh
     assert "echo" in [m["id"] for m in listed["data"]]
 
 
-def test_up_with_no_echo_and_no_llm_starts_no_agent_and_serves_no_model(
+async def test_the_time_tools_of_up_answer_through_its_gateway_and_its_mcp_endpoint(
+    mesh: Mesh,
+) -> None:
+    gateway = f"http://127.0.0.1:{mesh.gateway_port}"
+    async with httpx.AsyncClient(timeout=10) as http:
+        reply = await http.post(f"{gateway}/v1/tools/call", json=TIME_CALL)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["isError"] is False
+    assert reply.json()["structuredContent"]["timezone"] == "UTC"
+
+    async with Client(f"{gateway}/mcp") as client:
+        listed = {t.name for t in (await client.list_tools()).tools}
+        assert {"time_get_current_time", "time_convert_time"} <= listed
+        result = await client.call_tool("time_get_current_time", {"timezone": "UTC"})
+    assert result.is_error is False
+    assert result.structured_content is not None
+    assert result.structured_content["timezone"] == "UTC"
+
+
+def test_up_with_no_echo_no_llm_and_no_mcp_starts_no_agent_and_serves_no_model_or_tool(
     agentmesh_exe: str, tmp_path: Path
 ) -> None:
-    with start_mesh(agentmesh_exe, tmp_path, "--no-echo", "--no-llm") as mesh:
+    with start_mesh(agentmesh_exe, tmp_path, "--no-echo", "--no-llm", "--no-mcp") as mesh:
         assert "  agents -\n" in mesh.up.output
         assert "  models -\n" in mesh.up.output
+        assert "(no MCP worker)\n" in mesh.up.output
+        assert "/v1/tools/call" not in mesh.up.output
         result = send(agentmesh_exe, mesh.env, "echo", "hi")
         assert result.returncode == 1
         assert "AGENT_NOT_FOUND" in result.stderr
@@ -267,6 +296,39 @@ def test_up_with_no_echo_and_no_llm_starts_no_agent_and_serves_no_model(
         )
         assert reply.status_code == 404
         assert reply.json()["error"]["code"] == "model_not_found"
+        tool = httpx.post(
+            f"http://127.0.0.1:{mesh.gateway_port}/v1/tools/call", json=TIME_CALL, timeout=10
+        )
+        assert tool.status_code == 404
+        assert tool.json()["error"]["code"] == "TOOL_NOT_FOUND"
+
+
+# `agentmesh up` where the time server cannot start, as when mcp-server-time is not installed.
+UP_WITHOUT_TIME_SERVER = """
+import agentmesh.local
+agentmesh.local.MCP_SERVERS = {"mcpServers": {"time": {
+    "command": "python", "args": ["-m", "agentmesh_no_such_mcp_server"]}}}
+from agentmesh.cli import main
+main()
+"""
+
+
+def test_up_whose_mcp_server_cannot_start_warns_and_runs_the_rest_of_the_mesh(
+    agentmesh_exe: str, tmp_path: Path
+) -> None:
+    command = [sys.executable, "-c", UP_WITHOUT_TIME_SERVER]
+    with start_mesh(command, tmp_path, "--no-llm") as mesh:
+        assert "warning: no MCP worker, its servers did not start (time: " in mesh.up.output
+        assert "(no MCP worker)\n" in mesh.up.output
+        result = send(agentmesh_exe, mesh.env, "echo", "hi")
+        assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
+        tool = httpx.post(
+            f"http://127.0.0.1:{mesh.gateway_port}/v1/tools/call", json=TIME_CALL, timeout=10
+        )
+        assert tool.status_code == 404
+        mesh.up.proc.send_signal(signal.SIGTERM)
+        assert mesh.up.wait_for_exit() == 0, mesh.up.output
+    assert "Traceback" not in mesh.up.output
 
 
 @pytest.mark.parametrize("busy", ["nats", "redis"])

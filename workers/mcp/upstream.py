@@ -61,6 +61,7 @@ class Upstream:
         self._ping_interval = ping_interval
         self._client: Client | None = None
         self._names: frozenset[str] = frozenset()
+        self._last_status: int | None = None  # the last HTTP error status seen (http only)
         self._check = asyncio.Event()  # set: probe the session now (a call saw it fail)
         self._refresh_wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -90,7 +91,7 @@ class Upstream:
         delay = self.backoff_first
         while True:
             closed = asyncio.Event()
-            self._last_status: int | None = None
+            self._last_status = None
             try:
                 async with Client(
                     _Watched(self._transport(), closed),
@@ -121,10 +122,13 @@ class Upstream:
         changed = (state, error) != (self.state, self.error) or state == "up"
         self.state, self.error = state, error
         if changed:
-            try:
-                await self._on_change(self)
-            except Exception:
-                logger.exception("announcing MCP server %s failed", self.name)
+            await self._notify()
+
+    async def _notify(self) -> None:
+        try:
+            await self._on_change(self)
+        except Exception:
+            logger.exception("announcing MCP server %s failed", self.name)
 
     def _transport(self) -> AbstractAsyncContextManager[Any]:
         cfg = self.config
@@ -142,51 +146,39 @@ class Upstream:
         self._last_status = status
 
     async def _watch(self, client: Client, closed: asyncio.Event) -> None:
-        """Return when the session is gone: closed, a failed check, or a lost subscription."""
+        """Keep the catalog fresh; return when the session is gone (raise if a check fails).
+
+        Every wake-up re-reads the tools: a change notice, a call that failed at the transport,
+        or the interval. The `tools/list` is also the health check (2026-07-28 has no ping), and
+        it catches servers that change their tools without saying so.
+        """
         listening = None
         tools_cap = client.server_capabilities.tools
-        if (
-            tools_cap is not None
-            and tools_cap.list_changed
-            and client.protocol_version in MODERN_PROTOCOL_VERSIONS
-        ):
-            listening = asyncio.get_running_loop().create_task(self._listen(client))
+        if tools_cap is not None and tools_cap.list_changed:
+            if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                listening = asyncio.get_running_loop().create_task(self._listen(client))
         try:
-            while not closed.is_set():
-                if listening is not None and listening.done():
-                    return  # the subscription was lost: reconnect to get a fresh one
-                if self._refresh_wanted.is_set():
-                    self._refresh_wanted.clear()
-                    await self._fetch_tools(client)
-                    await self._on_change(self)
-                waits = [closed.wait(), self._check.wait(), self._refresh_wanted.wait()]
-                tasks = [asyncio.ensure_future(w) for w in waits]
-                try:
-                    await asyncio.wait(
-                        tasks, timeout=self._ping_interval, return_when="FIRST_COMPLETED"
-                    )
-                finally:
-                    for task in tasks:
-                        task.cancel()
+            while True:
+                await _first_of(closed, self._check, self._refresh_wanted, self._ping_interval)
                 if closed.is_set():
+                    self.error = "the server closed the connection"
                     return
-                if self._refresh_wanted.is_set():
-                    continue
-                # The health check is a tools/list (2026-07-28 has no ping): it also catches
-                # servers that change their tools without saying so.
+                if listening is not None and listening.done():
+                    # The periodic check stands in for it; a dead session fails that too.
+                    logger.info("MCP server %s: change subscription ended", self.name)
+                    listening = None
                 self._check.clear()
+                self._refresh_wanted.clear()
                 before = self.tools
                 with anyio.fail_after(max(self._ping_interval, 1.0)):
                     await self._fetch_tools(client)
                 if self.tools != before:
-                    await self._on_change(self)
+                    await self._notify()
         finally:
             if listening is not None:
                 listening.cancel()
                 with suppress(asyncio.CancelledError, Exception):
                     await listening
-            if closed.is_set() and self.error is None:
-                self.error = "the server closed the connection"
 
     async def _listen(self, client: Client) -> None:
         async with client.listen(tools_list_changed=True) as events:
@@ -275,6 +267,17 @@ async def _streamable_http(
     )
     async with http, streamable_http_client(url, http_client=http) as streams:
         yield streams
+
+
+async def _first_of(*events_and_timeout: Any) -> None:
+    """Wait until one of the events is set, or the timeout (the last argument) passes."""
+    *events, timeout = events_and_timeout
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def _describe(exc: BaseException) -> str:
