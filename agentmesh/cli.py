@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import typer
 
 from agentmesh.cli_keys import keys_app
+from agentmesh.cli_tools import tools_app
 from agentmesh.cli_webhooks import webhooks_app
 from agentmesh.cli_worker import worker_app
 from broker.errors import ConnectionFailed, MeshError
@@ -34,6 +35,7 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(keys_app, name="keys")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(worker_app, name="worker")
+app.add_typer(tools_app, name="tools")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -56,6 +58,13 @@ def _settings() -> Settings:
         return Settings.from_env()
     except (ValueError, MeshError) as exc:
         raise _fail(str(exc)) from None
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    """Print rows as aligned columns (the first row is the header)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _run(make: Callable[[], Awaitable[T]]) -> T:
@@ -132,9 +141,7 @@ def agents(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
                 f"{now - p.last_heartbeat:.0f}s ago",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    _table(rows)
 
 
 @app.command()

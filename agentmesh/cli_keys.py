@@ -78,12 +78,6 @@ def _limit(text: str | None, what: str) -> Limit | None:
         raise InvalidMessage(str(exc).replace("rate limit", what, 1)) from None
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
 @keys_app.command()
 def create(
     name: str = typer.Argument(..., help="What the key is for (1-64 printable characters)."),
@@ -169,7 +163,7 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
         limits = (str(r.rate_limit or "-"), str(r.token_limit or "-"))
         row = (r.key_id, r.name, _scopes_text(r), *limits, _tools_text(r), _iso(r.created_at))
         table.append(row)
-    _table(table)
+    _cli._table(table)
 
 
 @keys_app.command()
@@ -200,4 +194,5 @@ def usage(
         typer.echo("no usage" + (f" for key {key_id}" if key_id else ""))
         return
     header = ("KEY", "MODEL", *(f.replace("_tokens", "").upper() for f in FIELDS))
-    _table([header, *((r.key_id, r.model, *(str(getattr(r, f)) for f in FIELDS)) for r in rows)])
+    body = [(r.key_id, r.model, *(str(getattr(r, f)) for f in FIELDS)) for r in rows]
+    _cli._table([header, *body])

@@ -104,9 +104,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
         return
     rows = [("NAME", "AGENT", "TOLERANCE", "CREATED")]
     rows += [(h.name, h.agent_id, f"{h.tolerance_seconds}s", _iso(h.created_at)) for h in hooks]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    _cli()._table(rows)
 
 
 @webhooks_app.command("delete")
