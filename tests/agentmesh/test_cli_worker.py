@@ -12,11 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from agents.client import MeshClient
-from broker.errors import ModelNotFound, ToolNotFound, Unavailable
+from broker.errors import ModelNotFound, ToolNotFound
 from broker.servers import free_port
 from broker.settings import Settings
 from broker.subjects import Subjects
-from schemas.tools import ToolResult
 from tests.agentmesh.test_cli import ROOT, run_cli
 from tests.mcp.fixtures import TIME
 from workers.llm.registry import ModelRegistry
@@ -153,16 +152,6 @@ async def test_worker_mcp_with_a_bad_config_exits_1_with_one_clear_line(
     assert "Traceback" not in result.err
 
 
-async def call_time_when_served(mesh: MeshClient, timeout: float = 30) -> ToolResult:
-    """The time server's get_current_time, retried until a worker serves it."""
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                return await mesh.tools.call("time", "get_current_time", {"timezone": "UTC"})
-            except (ToolNotFound, Unavailable):  # not announced yet, or still starting
-                await asyncio.sleep(0.05)
-
-
 async def test_worker_mcp_serves_the_tools_of_its_servers_until_sigterm_then_withdraws_them(
     agentmesh_exe: str,
     env_for: dict[str, str],
@@ -183,7 +172,10 @@ async def test_worker_mcp_serves_the_tools_of_its_servers_until_sigterm_then_wit
     )
     assert proc.stderr is not None
     try:
-        result = await call_time_when_served(mesh)
+        async with asyncio.timeout(30):  # logged once subscribed and announced
+            while b"serving MCP server time" not in (line := await proc.stderr.readline()):
+                assert line, "the worker exited before serving"
+        result = await mesh.tools.call("time", "get_current_time", {"timezone": "UTC"})
         assert result.is_error is False, result.raw
         assert result.structured["timezone"] == "UTC"
         assert sorted(t.name for t in await mesh.tools.list() if t.server == "time") == [

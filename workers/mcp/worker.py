@@ -125,6 +125,8 @@ class MCPWorker:
                 # Calls in flight fail fast on a dead session; do not wait for long ones.
                 await self._services.pop(name).stop(timeout=1.0)
         await self._announce()
+        if upstream.state == "up":
+            logger.info("serving MCP server %s: %d tools", name, len(upstream.tools))
         self._state_changed.set()  # after the announcement: waiters may read the catalog
 
     def _handler(self, upstream: Upstream):  # noqa: ANN202 - a broker Handler
