@@ -2,8 +2,10 @@
 
 Prints the results as markdown and rewrites their sections of docs/BENCHMARKS.md: `bus`
 (MeshClient.ask against raw nats-py), `gateway` (the HTTP and WebSocket gateway as a
-process of its own) and `llm` (gateway → bus → LLM worker → a local upstream, against that
-upstream called directly). `--profile` instead profiles the SDK path at concurrency 64.
+process of its own), `llm` (gateway → bus → LLM worker → a local upstream, against that
+upstream called directly) and `mcp` (a tool call on the bus and through the gateway, against the
+`mcp` client calling the same MCP server directly). `--profile` instead profiles the SDK path at
+concurrency 64.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from pathlib import Path
 
 from broker.servers import NatsServer, RedisServer
 from broker.settings import Settings
-from tests.bench import bus, gateway, gateway_report, llm, llm_report, report
+from tests.bench import bus, gateway, gateway_report, llm, llm_report, mcp, mcp_report, report
 
-SECTIONS = ("bus", "gateway", "llm")
+SECTIONS = ("bus", "gateway", "llm", "mcp")
 
 
 def _prefix() -> str:
@@ -53,30 +55,20 @@ def main(argv: list[str] | None = None) -> int:
             if "bus" in chosen:
                 results = asyncio.run(bus.compare(settings))
                 bodies["bus"] = bus.section(results)  # needs nats-server for its version
-            if "gateway" in chosen:
-                logs = Path(tmp) / "logs"
-                logs.mkdir()
-                pids = {"nats-server": nats_server.pid, "redis-server": redis_server.pid}
-                measured = asyncio.run(
-                    gateway.run_all(
-                        settings.with_(prefix=_prefix()),
-                        logs=logs,
-                        server_pids={k: v for k, v in pids.items() if v is not None},
-                    )
-                )
-                bodies["gateway"] = gateway_report.section(measured)
-            if "llm" in chosen:
-                logs = Path(tmp) / "llm-logs"
-                logs.mkdir()
-                pids = {"nats-server": nats_server.pid, "redis-server": redis_server.pid}
-                ran = asyncio.run(
-                    llm.run_all(
-                        settings.with_(prefix=_prefix()),
-                        logs=logs,
-                        server_pids={k: v for k, v in pids.items() if v is not None},
-                    )
-                )
-                bodies["llm"] = llm_report.section(ran)
+            pids = {"nats-server": nats_server.pid, "redis-server": redis_server.pid}
+            server_pids = {k: v for k, v in pids.items() if v is not None}
+            # The sections whose mesh runs as processes: each with its own prefix and logs.
+            for name, run_all, section in (
+                ("gateway", gateway.run_all, gateway_report.section),
+                ("llm", llm.run_all, llm_report.section),
+                ("mcp", mcp.run_all, mcp_report.section),
+            ):
+                if name in chosen:
+                    logs = Path(tmp) / f"{name}-logs"
+                    logs.mkdir()
+                    prefixed = settings.with_(prefix=_prefix())
+                    ran = asyncio.run(run_all(prefixed, logs=logs, server_pids=server_pids))
+                    bodies[name] = section(ran)
         finally:
             redis_server.stop()
             nats_server.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import cProfile
 import io
 import pstats
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,7 +19,7 @@ from agents import Agent, Context, MeshClient
 from broker.settings import Settings
 from schemas.envelope import Message
 from tests.bench import report
-from tests.bench.measure import Call, Result, measure, run, scaled
+from tests.bench.measure import Call, Result, measure, p50_range, progress, run, scaled
 
 RAW = "raw nats-py"
 SDK = "MeshClient.ask"
@@ -84,10 +83,6 @@ async def _check(raw: Call, sdk: Call) -> None:
         raise RuntimeError("an echo path did not return the text it was sent")
 
 
-def _progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 async def compare(settings: Settings) -> list[Result]:
     """Raw then SDK at each concurrency: warm up, then interleaved rounds. Returns every round."""
     results: list[Result] = []
@@ -101,7 +96,7 @@ async def compare(settings: Settings) -> list[Result]:
             for round_no in range(1, ROUNDS + 1):
                 for name, call in paths:
                     result = await measure(name, call, requests=requests, concurrency=concurrency)
-                    _progress(
+                    progress(
                         f"c={concurrency} round {round_no} {name}: {result.rps:,.0f} req/s, "
                         f"p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms"
                     )
@@ -142,11 +137,6 @@ async def profile(settings: Settings, *, concurrency: int = 64, top: int = 30) -
         await run(sdk, requests=requests, concurrency=concurrency)
         sampler.stop()
         return sampler.output_text(unicode=True, color=False)
-
-
-def _p50_range(rounds: list[Result], path: str, concurrency: int) -> str:
-    p50s = [r.p50_ms for r in rounds if r.path == path and r.concurrency == concurrency]
-    return f"{min(p50s):.3f}-{max(p50s):.3f} ms"
 
 
 def section(rounds: list[Result]) -> str:
@@ -191,7 +181,7 @@ Command: {report.command()}.
 
 **Where we stand.** In this run {met[ratio_ok + added_ok]}. At concurrency 1 the SDK adds
 {added:.3f} ms to the median call ({sdk1.p50_ms:.3f} ms against {raw1.p50_ms:.3f} ms; across
-rounds the p50 was {_p50_range(rounds, RAW, 1)} raw and {_p50_range(rounds, SDK, 1)} SDK, so
+rounds the p50 was {p50_range(rounds, RAW, 1)} raw and {p50_range(rounds, SDK, 1)} SDK, so
 read the margin against the target with that noise in mind). At
 concurrency 64, where the one Python process is the bottleneck, it reaches {ratio:.2f}× the
 throughput of raw nats-py ({sdk64.rps:,.0f} against {raw64.rps:,.0f} req/s), so the gap is the

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,16 @@ from broker.settings import Settings
 from tests.bench import ws_agents
 from tests.bench.http1 import Connection, post
 from tests.bench.loadgen import SEND_PATH, TEXT, Window, send_body
-from tests.bench.measure import Call, Result, measure, percentile, run, scale, scaled
+from tests.bench.measure import (
+    Call,
+    Result,
+    measure,
+    percentile,
+    progress,
+    run,
+    scale,
+    scaled,
+)
 from tests.bench.processes import (
     BIN,
     Child,
@@ -79,10 +87,6 @@ class GatewayRun:
     ws: ws_agents.WsResult | None  # None: BENCH_WS_AGENTS=0
 
 
-def _progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 def bench_settings(settings: Settings) -> Settings:
     return settings.with_(
         heartbeat_interval=HEARTBEAT_INTERVAL,
@@ -104,7 +108,7 @@ async def run_all(settings: Settings, *, logs: Path, server_pids: dict[str, int]
             children.append(echo)
             await gateway_ready(gateway)
             await agent_online(mesh, ECHO, echo)
-            _progress(f"gateway pid {gateway.child.pid} on {gateway.url}, echo pid {echo.pid}")
+            progress(f"gateway pid {gateway.child.pid} on {gateway.url}, echo pid {echo.pid}")
             latency = await latency_rounds(gateway.port, gateway.url, mesh)
             pids = {"gateway": gateway.child.pid, "echo agent": echo.pid, **server_pids}
             throughput = await measure_throughput(gateway.port, pids, logs)
@@ -159,7 +163,7 @@ async def _rounds(paths: tuple[tuple[str, Call], ...]) -> list[Result]:
     for round_no in range(1, ROUNDS + 1):
         for name, call in paths:
             result = await measure(name, call, requests=scaled(LATENCY_REQUESTS), concurrency=1)
-            _progress(
+            progress(
                 f"c=1 round {round_no} {name}: p50 {result.p50_ms:.3f} ms, "
                 f"p99 {result.p99_ms:.3f} ms"
             )
@@ -204,7 +208,7 @@ async def measure_throughput(port: int, pids: dict[str, int], logs: Path) -> Thr
         p99_ms=percentile(latencies, 99) / 1e6,
         cpu=cpu,
     )
-    _progress(
+    progress(
         f"c={result.concurrency} through the gateway: {result.rps:,.0f} req/s, "
         f"p50 {result.p50_ms:.3f} ms, gateway CPU {cpu['gateway']:.0f}%"
     )
@@ -217,5 +221,5 @@ async def mesh_c64(mesh: MeshClient) -> Result:
 
     await run(call, requests=scaled(WARMUP), concurrency=64)
     result = await measure(MESH, call, requests=scaled(MESH_C64_REQUESTS), concurrency=64)
-    _progress(f"c=64 {MESH} from the bench process: {result.rps:,.0f} req/s")
+    progress(f"c=64 {MESH} from the bench process: {result.rps:,.0f} req/s")
     return result

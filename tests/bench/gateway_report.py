@@ -22,7 +22,7 @@ from tests.bench.gateway import (
     Throughput,
 )
 from tests.bench.loadgen import TEXT
-from tests.bench.measure import Result, scaled
+from tests.bench.measure import Result, p50_range, scaled
 from tests.bench.processes import MACHINE
 from tests.bench.ws_agents import WsResult
 
@@ -40,11 +40,6 @@ def _stack() -> str:
 
 def _added(by: dict[str, Result], path: str) -> float:
     return by[path].p50_ms - by[MESH].p50_ms
-
-
-def _p50_range(rounds: list[Result], path: str) -> str:
-    p50s = [r.p50_ms for r in rounds if r.path == path]
-    return f"{min(p50s):.3f}-{max(p50s):.3f} ms"
 
 
 def _cpu_table(cpu: dict[str, float]) -> str:
@@ -275,8 +270,8 @@ Command: {report.command()}.
 
 {report.table(results, MESH, short="ask")}
 
-Across rounds the p50 was {_p50_range(run.latency, MESH)} for {MESH},
-{_p50_range(run.latency, HTTPX)} through httpx and {_p50_range(run.latency, HTTP1)} through the
+Across rounds the p50 was {p50_range(run.latency, MESH)} for {MESH},
+{p50_range(run.latency, HTTPX)} through httpx and {p50_range(run.latency, HTTP1)} through the
 minimal client.
 
 ### Throughput, concurrency 64

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +31,16 @@ from gateway.auth import Scope
 from gateway.keys import KeyStore
 from tests.bench.http1 import Connection, HttpError, post
 from tests.bench.loadgen import Window
-from tests.bench.measure import Call, Result, measure, percentile, run, scale, scaled
+from tests.bench.measure import (
+    Call,
+    Result,
+    measure,
+    percentile,
+    progress,
+    run,
+    scale,
+    scaled,
+)
 from tests.bench.processes import (
     BIN,
     Child,
@@ -89,10 +97,6 @@ class Load:
 class LLMRun:
     latency: list[Result]  # every round of every path, concurrency 1
     loads: list[Load]
-
-
-def _progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def chat_body(model: str) -> dict[str, Any]:
@@ -228,7 +232,7 @@ async def run_all(settings: Settings, *, logs: Path, server_pids: dict[str, int]
         await gateway_ready(mesh.gateway)
         await gateway_ready(mesh.keyed)
         await workers_serving(mesh, 1)
-        _progress(f"upstream pid {upstream.pid}, gateway pid {mesh.gateway.child.pid}")
+        progress(f"upstream pid {upstream.pid}, gateway pid {mesh.gateway.child.pid}")
         key = await bench_key(settings)
         async with MeshClient.connect(settings) as client:
             latency = await latency_rounds(mesh, client, key)
@@ -284,7 +288,7 @@ async def latency_rounds(mesh: Mesh, client: MeshClient, key: str) -> list[Resul
 
         paths.insert(1, (DIRECT_HTTPX, via_httpx))
         paths.append((VIA_BUS, via_bus))
-        return await _rounds(paths)
+        return await rounds(paths)
     finally:
         await http.aclose()
         for conn in conns:
@@ -293,7 +297,7 @@ async def latency_rounds(mesh: Mesh, client: MeshClient, key: str) -> list[Resul
 
 def _http_call(conns: list[Connection], port: int, raw: bytes) -> Call:
     """A call over one keep-alive connection, opened again if the server closed it while the
-    other paths had their turn (uvicorn closes connections idle for 5 s); `_rounds` makes an
+    other paths had their turn (uvicorn closes connections idle for 5 s); `rounds` makes an
     untimed call first, so the reconnection is never measured."""
     current = [conns[-1]]
 
@@ -311,7 +315,7 @@ def _http_call(conns: list[Connection], port: int, raw: bytes) -> Call:
     return call
 
 
-async def _rounds(paths: list[tuple[str, Call]]) -> list[Result]:
+async def rounds(paths: list[tuple[str, Call]]) -> list[Result]:
     for _, call in paths:
         await run(call, requests=scaled(WARMUP, minimum=10), concurrency=1)
     results = []
@@ -319,7 +323,7 @@ async def _rounds(paths: list[tuple[str, Call]]) -> list[Result]:
         for name, call in paths:
             await call()  # untimed: reconnects a connection closed while idle
             result = await measure(name, call, requests=scaled(LATENCY_REQUESTS), concurrency=1)
-            _progress(
+            progress(
                 f"c=1 round {round_no} {name}: p50 {result.p50_ms:.3f} ms, "
                 f"p99 {result.p99_ms:.3f} ms"
             )
@@ -419,7 +423,7 @@ async def bus_load(mesh: Mesh, client: MeshClient, slots: int | None) -> Load:
 
 def _report(load: Load) -> None:
     busy = ", ".join(f"{k} {v:.0f}%" for k, v in load.cpu.items() if v >= 5)
-    _progress(
+    progress(
         f"c={load.concurrency} {load.path}, {load.workers} worker(s), slots {load.slots or 100}: "
         f"{load.rps:,.0f} req/s, p50 {load.p50_ms:.2f} ms, {load.errors} errors; CPU {busy}"
     )

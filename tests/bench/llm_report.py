@@ -24,7 +24,7 @@ from tests.bench.llm import (
     LLMRun,
     Load,
 )
-from tests.bench.measure import Result, scaled
+from tests.bench.measure import p50_range, scaled
 from tests.bench.processes import MACHINE
 
 TARGET_ADDED_P50_MS = 2.0  # through the gateway, against the upstream called directly
@@ -104,11 +104,6 @@ class _Check:
 
 def _find(loads: list[Load], path: str, workers: int, slots: int | None) -> Load:
     return next(t for t in loads if (t.path, t.workers, t.slots) == (path, workers, slots))
-
-
-def _p50_range(rounds: list[Result], path: str) -> str:
-    p50s = [r.p50_ms for r in rounds if r.path == path]
-    return f"{min(p50s):.2f}-{max(p50s):.2f} ms"
 
 
 def section(run: LLMRun) -> str:
@@ -201,9 +196,9 @@ Command: {report.command()}.
 
 {report.table(results, DIRECT, short="direct")}
 
-Across rounds the p50 was {_p50_range(run.latency, DIRECT)} direct,
-{_p50_range(run.latency, VIA_GATEWAY)} through the gateway and
-{_p50_range(run.latency, VIA_BUS)} on the bus.
+Across rounds the p50 was {p50_range(run.latency, DIRECT, digits=2)} direct,
+{p50_range(run.latency, VIA_GATEWAY, digits=2)} through the gateway and
+{p50_range(run.latency, VIA_BUS, digits=2)} on the bus.
 
 ### Throughput, concurrency {c64}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -77,3 +78,20 @@ async def measure(path: str, call: Call, *, requests: int, concurrency: int) -> 
         p50_ms=percentile(latencies, 50) / 1e6,
         p99_ms=percentile(latencies, 99) / 1e6,
     )
+
+
+def progress(text: str) -> None:
+    """A progress line on stderr (stdout carries the report)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def p50_range(
+    rounds: list[Result], path: str, concurrency: int | None = None, *, digits: int = 3
+) -> str:
+    """`min-max ms` of the p50s one path had across rounds."""
+    p50s = [
+        r.p50_ms
+        for r in rounds
+        if r.path == path and (concurrency is None or r.concurrency == concurrency)
+    ]
+    return f"{min(p50s):.{digits}f}-{max(p50s):.{digits}f} ms"
