@@ -116,3 +116,13 @@ async def test_slow_calls_time_out_and_calls_run_concurrently(start_mcp_worker, 
     )
     assert all(r.text == "slept 0.5" for r in results)
     assert time.monotonic() - started < 8 * 0.5 / 2  # they overlapped on one session
+
+
+async def test_a_stopping_worker_finishes_the_calls_in_flight(start_mcp_worker, mesh):
+    worker = await start_mcp_worker({"demo": DEMO_STDIO})
+    slow = asyncio.create_task(mesh.tools.call("demo", "sleep", {"seconds": 0.5}))
+    await mesh.tools.call("demo", "echo", {"text": "behind it"})  # the slow call has arrived
+    await worker.stop()
+    assert (await slow).text == "slept 0.5"
+    with pytest.raises(ToolNotFound):  # withdrawn from the catalog, nobody serves it
+        await mesh.tools.call("demo", "echo", {"text": "too late"})

@@ -151,9 +151,15 @@ class MCPWorker:
             await self._announce()
 
     async def stop(self) -> None:
+        """Take no new calls, let those in flight finish, close the sessions (stopping stdio
+        servers), withdraw the catalog, disconnect."""
         if self._beat is not None:
             self._beat.cancel()
             self._beat = None
+        async with self._lock:
+            services, self._services = list(self._services.values()), {}
+        for service in services:
+            await service.stop()
         for upstream in self.upstreams.values():
             await upstream.stop()
         if self._registry is not None:
