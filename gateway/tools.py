@@ -31,9 +31,7 @@ class ToolDirectory:
         self.bus = bus
         self.redis = redis
         self.ttl = ttl
-        self.registry = ToolRegistry(
-            redis, bus.subjects, timeout=bus.settings.heartbeat_timeout
-        )
+        self.registry = ToolRegistry(redis, bus.subjects, timeout=bus.settings.heartbeat_timeout)
         self._catalog = Catalog()
         self._federated: dict[str, CatalogTool] = {}
         self._read_at = -float("inf")
