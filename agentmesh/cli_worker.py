@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import typer
 
 # The module, not its names: agentmesh.cli imports this module while it is still loading.
 from agentmesh import cli as _cli
+from broker.settings import Settings
 
 worker_app = typer.Typer(help="Run workers that serve models or tools.", no_args_is_help=True)
+
+
+class _Worker(Protocol):
+    async def run_until_signal(self, settings: Settings) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _serve(load: Callable[[], _Worker], verbose: bool) -> None:
+    """Build a worker from its config file (a bad file: one line, exit 1), run it until a signal."""
+    from workers.config import ConfigError
+
+    _cli._setup_logging(verbose)
+    try:
+        worker = load()
+    except ConfigError as exc:
+        raise _cli._fail(str(exc)) from None
+    settings = _cli._settings()
+
+    async def main() -> None:
+        try:
+            await worker.run_until_signal(settings)
+        except BaseException:
+            await worker.stop()  # a failed start (NATS or Redis down): close what did open
+            raise
+
+    _cli._run(main)
 
 
 @worker_app.command("llm")
@@ -20,25 +50,10 @@ def llm(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve the model aliases of a models file over the bus (start more to share the load)."""
-    from workers.llm.config import ConfigError, LLMConfig
+    from workers.llm.config import LLMConfig
     from workers.llm.worker import LLMWorker
 
-    _cli._setup_logging(verbose)
-    try:
-        models = LLMConfig.load(config)
-    except ConfigError as exc:
-        raise _cli._fail(str(exc)) from None
-    settings = _cli._settings()
-    worker = LLMWorker(models)
-
-    async def main() -> None:
-        try:
-            await worker.run_until_signal(settings)
-        except BaseException:
-            await worker.stop()  # a failed start (NATS or Redis down): close what did open
-            raise
-
-    _cli._run(main)
+    _serve(lambda: LLMWorker(LLMConfig.load(config)), verbose)
 
 
 @worker_app.command(
@@ -52,24 +67,7 @@ def mcp(
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Serve the tools of the MCP servers in an mcp.json over the bus (more share the load)."""
-    from workers.config import ConfigError
     from workers.mcp.config import MCPConfig
     from workers.mcp.worker import MCPWorker
 
-    _cli._setup_logging(verbose)
-    try:
-        servers = MCPConfig.load(config)
-    except ConfigError as exc:
-        raise _cli._fail(str(exc)) from None
-    settings = _cli._settings()
-    worker = MCPWorker(servers)
-
-    async def main() -> None:
-        try:
-            await worker.run_until_signal(settings)
-        except BaseException:
-            await worker.stop()  # a failed start (NATS or Redis down): close what did open
-            raise
-
-    _cli._run(main)
+    _serve(lambda: MCPWorker(MCPConfig.load(config)), verbose)
