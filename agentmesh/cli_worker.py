@@ -4,24 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import typer
 
 # The module, not its names: agentmesh.cli imports this module while it is still loading.
 from agentmesh import cli as _cli
-from broker.settings import Settings
+from workers.running import Worker, run_until_signal
 
 worker_app = typer.Typer(help="Run workers that serve models or tools.", no_args_is_help=True)
 
 
-class _Worker(Protocol):
-    async def run_until_signal(self, settings: Settings) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-def _serve(load: Callable[[], _Worker], verbose: bool) -> None:
+def _serve(load: Callable[[], Worker], verbose: bool) -> None:
     """Build a worker from its config file (a bad file: one line, exit 1), run it until a signal."""
     from workers.config import ConfigError
 
@@ -34,7 +27,7 @@ def _serve(load: Callable[[], _Worker], verbose: bool) -> None:
 
     async def main() -> None:
         try:
-            await worker.run_until_signal(settings)
+            await run_until_signal(worker, settings)
         except BaseException:
             await worker.stop()  # a failed start (NATS or Redis down): close what did open
             raise

@@ -6,11 +6,15 @@ unset variable without a default is an error that names where it was used.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -53,3 +57,24 @@ def reasons(exc: ValidationError) -> str:
         what = error["msg"].removeprefix("Value error, ")
         out.append(f"{where}: {what}" if where else what)
     return "; ".join(out)
+
+
+def read_config(path: Path) -> str:
+    """The text of a config file; `ConfigError` naming the file if it cannot be read."""
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def validate_config(
+    model: type[M], raw: Any, *, source: str, environ: Mapping[str, str] | None
+) -> M:
+    """`raw` with `${VAR}` expanded, validated as `model`; one-line `ConfigError`s."""
+    env = os.environ if environ is None else environ
+    try:
+        return model.model_validate(expand_env(raw, env))
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {reasons(exc)}") from None
+    except KeyError as exc:
+        raise ConfigError(f"{source}: {exc.args[0]}") from None

@@ -13,15 +13,14 @@ models:
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from workers.config import ConfigError, expand_env, reasons
+from workers.config import ConfigError, read_config, validate_config
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -84,10 +83,9 @@ class LLMConfig(BaseModel):
     @classmethod
     def load(cls, path: str | Path, environ: Mapping[str, str] | None = None) -> LLMConfig:
         path = Path(path)
+        text = read_config(path)
         try:
-            raw = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+            raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
         return cls.parse(raw, source=str(path), environ=environ)
@@ -96,13 +94,7 @@ class LLMConfig(BaseModel):
     def parse(
         cls, raw: Any, *, source: str = "<config>", environ: Mapping[str, str] | None = None
     ) -> LLMConfig:
-        env = os.environ if environ is None else environ
-        try:
-            return cls.model_validate(expand_env(raw, env))
-        except ValidationError as exc:
-            raise ConfigError(f"{source}: {reasons(exc)}") from None
-        except KeyError as exc:
-            raise ConfigError(f"{source}: {exc.args[0]}") from None
+        return validate_config(cls, raw, source=source, environ=environ)
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)

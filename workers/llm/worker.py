@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -52,7 +51,6 @@ class LLMWorker:
         self._http: httpx.AsyncClient | None = None
         self._registry: ModelRegistry | None = None
         self._beat: asyncio.Task[None] | None = None
-        self._stopped = asyncio.Event()
 
     @property
     def aliases(self) -> list[str]:
@@ -116,11 +114,3 @@ class LLMWorker:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
-        self._stopped.set()
-
-    async def run_until_signal(self, settings: Settings | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        await self.start(settings)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: loop.create_task(self.stop()))
-        await self._stopped.wait()

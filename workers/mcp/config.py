@@ -15,17 +15,16 @@ AgentMesh's own keys: `timeout` (seconds a call may take, default 60) and `disab
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker.errors import InvalidId
 from broker.subjects import validate_id
-from workers.config import ConfigError, expand_env, reasons
+from workers.config import ConfigError, read_config, validate_config
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -125,10 +124,9 @@ class MCPConfig(BaseModel):
     @classmethod
     def load(cls, path: str | Path, environ: Mapping[str, str] | None = None) -> MCPConfig:
         path = Path(path)
+        text = read_config(path)
         try:
-            raw = json.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+            raw = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from None
         return cls.parse(raw, source=str(path), environ=environ)
@@ -137,15 +135,9 @@ class MCPConfig(BaseModel):
     def parse(
         cls, raw: Any, *, source: str = "<config>", environ: Mapping[str, str] | None = None
     ) -> MCPConfig:
-        env = os.environ if environ is None else environ
         if not isinstance(raw, dict) or "mcpServers" not in raw:
             raise ConfigError(f'{source}: expected {{"mcpServers": {{...}}}}')
-        try:
-            config = cls.model_validate(expand_env(raw, env))
-        except ValidationError as exc:
-            raise ConfigError(f"{source}: {reasons(exc)}") from None
-        except KeyError as exc:
-            raise ConfigError(f"{source}: {exc.args[0]}") from None
+        config = validate_config(cls, raw, source=source, environ=environ)
         if not config.servers:
             raise ConfigError(f"{source}: no enabled server in mcpServers")
         return config

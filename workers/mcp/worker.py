@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import signal
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -68,7 +67,6 @@ class MCPWorker:
         self._services: dict[str, Any] = {}
         self._lock = asyncio.Lock()
         self._beat: asyncio.Task[None] | None = None
-        self._stopped = asyncio.Event()
         self._state_changed = asyncio.Event()
 
     async def start(self, settings: Settings | None = None) -> None:
@@ -174,11 +172,3 @@ class MCPWorker:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
-        self._stopped.set()
-
-    async def run_until_signal(self, settings: Settings | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        await self.start(settings)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: loop.create_task(self.stop()))
-        await self._stopped.wait()
