@@ -3,13 +3,18 @@
 from agentmesh import Agent, MeshClient
 """
 
-from agents.agent import Agent
-from agents.client import MeshClient
-from agents.context import Context
-from broker.errors import (
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.client import MeshClient
+from agentmesh.agents.context import Context
+from agentmesh.broker.settings import Settings
+from agentmesh.gateway.client import GatewayClient
+from agentmesh.schemas.agent import AgentCard, Presence
+from agentmesh.schemas.envelope import Chunk, DataPart, FilePart, ImagePart, Message, TextPart
+from agentmesh.schemas.errors import (
     AgentNotFound,
     Cancelled,
     ConnectionFailed,
+    ErrorCode,
     InvalidId,
     InvalidMessage,
     MeshError,
@@ -22,12 +27,7 @@ from broker.errors import (
     Unauthorized,
     Unavailable,
 )
-from broker.settings import Settings
-from gateway.client import GatewayClient
-from schemas.agent import AgentCard, Presence
-from schemas.envelope import Chunk, DataPart, FilePart, ImagePart, Message, TextPart
-from schemas.errors import ErrorCode
-from schemas.tools import ToolResult
+from agentmesh.schemas.tools import ToolResult
 
 __version__ = "0.1.0"
 

@@ -14,13 +14,13 @@ from typing import Any, TypeVar
 
 import typer
 
+from agentmesh.broker.servers import ServerError
+from agentmesh.broker.settings import Settings
 from agentmesh.cli_keys import keys_app
 from agentmesh.cli_tools import tools_app
 from agentmesh.cli_webhooks import webhooks_app
 from agentmesh.cli_worker import worker_app
-from broker.errors import ConnectionFailed, MeshError
-from broker.servers import ServerError
-from broker.settings import Settings
+from agentmesh.schemas.errors import ConnectionFailed, MeshError
 
 T = TypeVar("T")
 
@@ -116,7 +116,7 @@ def up(
 @app.command()
 def agents(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the agents online now."""
-    from agents.client import MeshClient
+    from agentmesh.agents.client import MeshClient
 
     async def main() -> list[Any]:
         async with MeshClient.connect(_settings()) as mesh:
@@ -154,7 +154,7 @@ def send(
     data: str | None = typer.Option(None, help="Send this JSON as a data part instead of text."),
 ) -> None:
     """Send a message to an agent and print the reply."""
-    from agents.client import MeshClient
+    from agentmesh.agents.client import MeshClient
 
     content: Any = text
     if data is not None:
@@ -190,10 +190,10 @@ def _render(msg: Any) -> str:
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show whether NATS and Redis are reachable, and what is online."""
-    from broker.bus import Bus
-    from broker.connections import connect_redis
-    from broker.presence import PresenceRegistry
-    from broker.subjects import Subjects
+    from agentmesh.broker.bus import Bus
+    from agentmesh.broker.connections import connect_redis
+    from agentmesh.broker.presence import PresenceRegistry
+    from agentmesh.broker.subjects import Subjects
 
     settings = _settings()
 
@@ -256,7 +256,7 @@ def gateway(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run one gateway replica (start more on other ports or hosts; they share nothing)."""
-    from gateway.server import make_server
+    from agentmesh.gateway.server import make_server
 
     _setup_logging(verbose)
     server = make_server(_settings(), host=host, port=port)
@@ -282,7 +282,7 @@ def agent_run(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run an agent defined in a Python module until Ctrl-C or SIGTERM."""
-    from agents.agent import Agent
+    from agentmesh.agents.agent import Agent
 
     _setup_logging(verbose)
     module_name, _, attr = target.partition(":")

@@ -15,12 +15,11 @@ from redis.exceptions import RedisError
 
 # The module, not its names: agentmesh.cli imports this module while it is still loading.
 from agentmesh import cli as _cli
-from broker.connections import connect_redis, redis_unreachable
-from broker.errors import InvalidMessage
-from broker.ratelimit import Limit
-from broker.settings import Settings
-from broker.subjects import Subjects
-from gateway.keys import (
+from agentmesh.broker.connections import connect_redis, redis_unreachable
+from agentmesh.broker.ratelimit import Limit
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects
+from agentmesh.gateway.keys import (
     DEFAULT_SCOPES,
     KeyRecord,
     KeyStore,
@@ -28,7 +27,8 @@ from gateway.keys import (
     parse_tool_patterns,
     validate_name,
 )
-from gateway.usage import FIELDS, Usage, UsageStore
+from agentmesh.gateway.usage import FIELDS, Usage, UsageStore
+from agentmesh.schemas.errors import InvalidMessage
 
 T = TypeVar("T")
 

@@ -18,8 +18,8 @@ tools_app = typer.Typer(
 @tools_app.command("list")
 def list_tools(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The tools callable now, and the MCP servers that are down."""
-    from agents.client import MeshClient
-    from workers.mcp.registry import Catalog
+    from agentmesh.agents.client import MeshClient
+    from agentmesh.workers.mcp.registry import Catalog
 
     async def main() -> Catalog:
         async with MeshClient.connect(_cli._settings()) as mesh:
@@ -51,7 +51,7 @@ def call(
     as_json: bool = typer.Option(False, "--json", help="Print the whole MCP result as JSON."),
 ) -> None:
     """Call a tool and print its result; a tool error exits with code 2."""
-    from agents.client import MeshClient
+    from agentmesh.agents.client import MeshClient
 
     try:
         parsed = json.loads(arguments)

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import typer
 
-from gateway.webhook_store import DEFAULT_TOLERANCE, Webhook, WebhookStore
+from agentmesh.gateway.webhook_store import DEFAULT_TOLERANCE, Webhook, WebhookStore
 
 T = TypeVar("T")
 
@@ -29,8 +29,8 @@ def _cli() -> ModuleType:
 
 
 def _with_store(use: Callable[[WebhookStore], Awaitable[T]]) -> T:
-    from broker.connections import connect_redis
-    from broker.subjects import Subjects
+    from agentmesh.broker.connections import connect_redis
+    from agentmesh.broker.subjects import Subjects
 
     cli = _cli()
     settings = cli._settings()

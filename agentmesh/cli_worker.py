@@ -9,14 +9,14 @@ import typer
 
 # The module, not its names: agentmesh.cli imports this module while it is still loading.
 from agentmesh import cli as _cli
-from workers.running import Worker, run_until_signal
+from agentmesh.workers.running import Worker, run_until_signal
 
 worker_app = typer.Typer(help="Run workers that serve models or tools.", no_args_is_help=True)
 
 
 def _serve(load: Callable[[], Worker], verbose: bool) -> None:
     """Build a worker from its config file (a bad file: one line, exit 1), run it until a signal."""
-    from workers.config import ConfigError
+    from agentmesh.workers.config import ConfigError
 
     _cli._setup_logging(verbose)
     try:
@@ -43,8 +43,8 @@ def llm(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve the model aliases of a models file over the bus (start more to share the load)."""
-    from workers.llm.config import LLMConfig
-    from workers.llm.worker import LLMWorker
+    from agentmesh.workers.llm.config import LLMConfig
+    from agentmesh.workers.llm.worker import LLMWorker
 
     _serve(lambda: LLMWorker(LLMConfig.load(config)), verbose)
 
@@ -60,7 +60,7 @@ def mcp(
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    from workers.mcp.config import MCPConfig
-    from workers.mcp.worker import MCPWorker
+    from agentmesh.workers.mcp.config import MCPConfig
+    from agentmesh.workers.mcp.worker import MCPWorker
 
     _serve(lambda: MCPWorker(MCPConfig.load(config)), verbose)

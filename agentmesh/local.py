@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.servers import LocalServer, NatsServer, RedisServer
-from broker.settings import Settings
-from workers.llm.config import LLMConfig
-from workers.llm.defaults import config_from_env, describe
-from workers.llm.worker import LLMWorker
-from workers.mcp.config import MCPConfig
-from workers.mcp.worker import MCPWorker
+from agentmesh.broker.servers import LocalServer, NatsServer, RedisServer
+from agentmesh.broker.settings import Settings
+from agentmesh.workers.llm.config import LLMConfig
+from agentmesh.workers.llm.defaults import config_from_env, describe
+from agentmesh.workers.llm.worker import LLMWorker
+from agentmesh.workers.mcp.config import MCPConfig
+from agentmesh.workers.mcp.worker import MCPWorker
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class LocalMesh:
             servers.append(await asyncio.to_thread(redis.start))
             settings = Settings.from_env(nats_url=nats.url, redis_url=redis.url, prefix=self.prefix)
             if echo:
-                from agents.examples.echo import agent as echo_agent
+                from agentmesh.agents.examples.echo import agent as echo_agent
 
                 await echo_agent.start(settings)
                 agents.append(echo_agent)
@@ -116,8 +116,8 @@ class LocalMesh:
                 loop.remove_signal_handler(sig)
 
     async def _start_gateway(self, settings: Settings) -> tuple[Any, asyncio.Task[None]]:
-        from broker.servers import ServerError, port_in_use
-        from gateway.server import make_server
+        from agentmesh.broker.servers import ServerError, port_in_use
+        from agentmesh.gateway.server import make_server
 
         assert self.gateway_port is not None
         if port_in_use(self.gateway_port, self.host):

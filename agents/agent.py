@@ -21,17 +21,17 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from agents.client import MeshClient
-from agents.context import Context
-from broker.bus import Bus
-from broker.connections import connect_redis
-from broker.presence import Heartbeat, PresenceRegistry
-from broker.settings import Settings
-from broker.subjects import validate_id
-from broker.types import Request
-from schemas.agent import AgentCard, InstanceInfo, Owner
-from schemas.codec import decode, encode, encode_message
-from schemas.envelope import Chunk, Message, merge_text, to_parts
+from agentmesh.agents.client import MeshClient
+from agentmesh.agents.context import Context
+from agentmesh.broker.bus import Bus
+from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.presence import Heartbeat, PresenceRegistry
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import validate_id
+from agentmesh.broker.types import Request
+from agentmesh.schemas.agent import AgentCard, InstanceInfo, Owner
+from agentmesh.schemas.codec import decode, encode, encode_message
+from agentmesh.schemas.envelope import Chunk, Message, merge_text, to_parts
 
 logger = logging.getLogger(__name__)
 

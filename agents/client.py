@@ -8,18 +8,18 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from agents.llm import LLM
-from agents.tools import Tools
-from broker.bus import Bus
-from broker.connections import connect_redis
-from broker.errors import AgentNotFound
-from broker.presence import PresenceRegistry
-from broker.settings import Settings
-from broker.subjects import validate_id
-from broker.types import Kind
-from schemas.agent import Presence
-from schemas.codec import decode, encode, encode_message
-from schemas.envelope import Chunk, Message
+from agentmesh.agents.llm import LLM
+from agentmesh.agents.tools import Tools
+from agentmesh.broker.bus import Bus
+from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.presence import PresenceRegistry
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import validate_id
+from agentmesh.broker.types import Kind
+from agentmesh.schemas.agent import Presence
+from agentmesh.schemas.codec import decode, encode, encode_message
+from agentmesh.schemas.envelope import Chunk, Message
+from agentmesh.schemas.errors import AgentNotFound
 
 
 def encode_request(

@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agents.client import MeshClient
-from agents.llm import LLM
-from agents.tools import Tools
-from broker.types import Request
-from schemas.envelope import Chunk, Message
+from agentmesh.agents.client import MeshClient
+from agentmesh.agents.llm import LLM
+from agentmesh.agents.tools import Tools
+from agentmesh.broker.types import Request
+from agentmesh.schemas.envelope import Chunk, Message
 
 
 class Context:

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from broker.bus import Bus
-from broker.errors import AgentNotFound, ModelNotFound
-from broker.types import Kind
-from schemas.codec import pack, unpack
+from agentmesh.broker.bus import Bus
+from agentmesh.broker.types import Kind
+from agentmesh.schemas.codec import pack, unpack
+from agentmesh.schemas.errors import AgentNotFound, ModelNotFound
 
 
 class LLM:

@@ -13,11 +13,17 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from broker.bus import Bus
-from broker.errors import AgentNotFound, InvalidMessage, MeshError, ToolNotFound, Unavailable
-from schemas.codec import pack, unpack
-from schemas.tools import ToolResult
-from workers.mcp.registry import Catalog, CatalogTool, ToolRegistry
+from agentmesh.broker.bus import Bus
+from agentmesh.schemas.codec import pack, unpack
+from agentmesh.schemas.errors import (
+    AgentNotFound,
+    InvalidMessage,
+    MeshError,
+    ToolNotFound,
+    Unavailable,
+)
+from agentmesh.schemas.tools import ToolResult
+from agentmesh.workers.mcp.registry import Catalog, CatalogTool, ToolRegistry
 
 DEFAULT_TIMEOUT = 60.0
 # The bus waits this much longer than the tool's own timeout, so the worker's TIMEOUT (which

@@ -22,19 +22,10 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from opentelemetry import propagate, trace
 
-from broker.errors import (
-    AgentNotFound,
-    ConnectionFailed,
-    MeshError,
-    MeshTimeout,
-    PayloadTooLarge,
-    Unavailable,
-    error_from_info,
-)
-from broker.settings import Settings
-from broker.subjects import Subjects
-from broker.tracing import tracing_enabled
-from broker.types import (
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects
+from agentmesh.broker.tracing import tracing_enabled
+from agentmesh.broker.types import (
     H_CALL,
     H_INSTANCE,
     H_KIND,
@@ -44,8 +35,17 @@ from broker.types import (
     Handler,
     Kind,
 )
-from schemas.codec import decode
-from schemas.errors import ErrorInfo
+from agentmesh.schemas.codec import decode
+from agentmesh.schemas.errors import (
+    AgentNotFound,
+    ConnectionFailed,
+    ErrorInfo,
+    MeshError,
+    MeshTimeout,
+    PayloadTooLarge,
+    Unavailable,
+    error_from_info,
+)
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("agentmesh.bus")
@@ -414,7 +414,7 @@ class Bus:
         self, subject: str, handler: Handler, *, queue: str, max_concurrency: int | None = None
     ) -> Any:
         """Serve `subject` in queue group `queue`; returns the running `Service`."""
-        from broker.service import Control, Service
+        from agentmesh.broker.service import Control, Service
 
         if self._control is None:
             self._control = Control(self)

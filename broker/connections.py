@@ -9,8 +9,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from broker.errors import ConnectionFailed
-from broker.settings import Settings
+from agentmesh.broker.settings import Settings
+from agentmesh.schemas.errors import ConnectionFailed
 
 
 def redis_unreachable(settings: Settings, exc: BaseException) -> ConnectionFailed:

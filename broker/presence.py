@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from broker.subjects import Subjects
-from schemas.agent import AgentCard, InstanceInfo, Presence, PresenceEvent, PresenceStatus
-from schemas.codec import encode
+from agentmesh.broker.subjects import Subjects
+from agentmesh.schemas.agent import AgentCard, InstanceInfo, Presence, PresenceEvent, PresenceStatus
+from agentmesh.schemas.codec import encode
 
 if TYPE_CHECKING:
-    from broker.bus import Bus
+    from agentmesh.broker.bus import Bus
 
 logger = logging.getLogger(__name__)
 

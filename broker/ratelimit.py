@@ -13,10 +13,10 @@ from importlib.resources import files
 
 import redis.asyncio as aioredis
 
-from broker.errors import RateLimited
-from broker.subjects import Subjects
+from agentmesh.broker.subjects import Subjects
+from agentmesh.schemas.errors import RateLimited
 
-_SCRIPT = files("broker").joinpath("ratelimit.lua").read_text(encoding="utf-8")
+_SCRIPT = files(__package__).joinpath("ratelimit.lua").read_text(encoding="utf-8")
 
 _UNITS = {
     "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,

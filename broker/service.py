@@ -18,13 +18,22 @@ from nats.aio.msg import Msg
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
-from broker.errors import Cancelled, MeshError, PayloadTooLarge, RemoteError
-from broker.tracing import tracing_enabled
-from broker.types import H_CALL, H_INSTANCE, H_KIND, H_SEQ, H_STREAM, Handler, Kind, Request
-from schemas.codec import encode
+from agentmesh.broker.tracing import tracing_enabled
+from agentmesh.broker.types import (
+    H_CALL,
+    H_INSTANCE,
+    H_KIND,
+    H_SEQ,
+    H_STREAM,
+    Handler,
+    Kind,
+    Request,
+)
+from agentmesh.schemas.codec import encode
+from agentmesh.schemas.errors import Cancelled, MeshError, PayloadTooLarge, RemoteError
 
 if TYPE_CHECKING:
-    from broker.bus import Bus
+    from agentmesh.broker.bus import Bus
 
 logger = logging.getLogger(__name__)
 _MAX_EARLY_CANCELS = 10_000

@@ -61,7 +61,7 @@ class Settings:
         return replace(self, **changes)
 
     def check(self) -> None:
-        from broker.subjects import validate_token
+        from agentmesh.broker.subjects import validate_token
 
         validate_token(self.prefix, what="prefix")
         for f in fields(self):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from broker.errors import InvalidId
+from agentmesh.schemas.errors import InvalidId
 
 # Used with fullmatch: `$` would also accept a trailing "\n" (a NATS protocol line break).
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")

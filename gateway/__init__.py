@@ -1,5 +1,5 @@
 """The stateless gateway: HTTP, WebSocket and webhook ingress into the mesh."""
 
-from gateway.client import GatewayClient
+from agentmesh.gateway.client import GatewayClient
 
 __all__ = ["GatewayClient"]

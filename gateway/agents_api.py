@@ -9,12 +9,11 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 import agentmesh
-from agents.client import encode_request
-from broker.errors import AgentNotFound
-from broker.subjects import validate_id
-from gateway.auth import Principal, Scope, require
-from gateway.errors import error_body
-from gateway.models import (
+from agentmesh.agents.client import encode_request
+from agentmesh.broker.subjects import validate_id
+from agentmesh.gateway.auth import Principal, Scope, require
+from agentmesh.gateway.errors import error_body
+from agentmesh.gateway.models import (
     AgentInfo,
     AgentsResponse,
     ResultBody,
@@ -23,10 +22,10 @@ from gateway.models import (
     StatusResponse,
     iso,
 )
-from gateway.state import GatewayState, get_state
-from schemas.codec import decode
-from schemas.envelope import Message, new_id
-from schemas.errors import ErrorCode
+from agentmesh.gateway.state import GatewayState, get_state
+from agentmesh.schemas.codec import decode
+from agentmesh.schemas.envelope import Message, new_id
+from agentmesh.schemas.errors import AgentNotFound, ErrorCode
 
 router = APIRouter()
 

@@ -15,13 +15,17 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from broker.errors import InvalidMessage, MeshError
-from gateway.auth import Principal, Scope, require
-from gateway.errors import STATUS, anthropic_error
-from gateway.openai_api import complete, read_json_object, start_stream
-from gateway.state import GatewayState, get_state
-from workers.llm.anthropic_format import FormatError, from_anthropic_request, to_anthropic_message
-from workers.llm.anthropic_stream import Event, EventsFromChunks
+from agentmesh.gateway.auth import Principal, Scope, require
+from agentmesh.gateway.errors import STATUS, anthropic_error
+from agentmesh.gateway.openai_api import complete, read_json_object, start_stream
+from agentmesh.gateway.state import GatewayState, get_state
+from agentmesh.schemas.errors import InvalidMessage, MeshError
+from agentmesh.workers.llm.anthropic_format import (
+    FormatError,
+    from_anthropic_request,
+    to_anthropic_message,
+)
+from agentmesh.workers.llm.anthropic_stream import Event, EventsFromChunks
 
 router = APIRouter(tags=["llm"])
 

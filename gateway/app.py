@@ -14,12 +14,12 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 import agentmesh
-from broker.bus import Bus
-from broker.connections import connect_redis
-from broker.presence import PresenceRegistry
-from broker.ratelimit import RateLimiter
-from broker.settings import Settings
-from gateway import (
+from agentmesh.broker.bus import Bus
+from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.presence import PresenceRegistry
+from agentmesh.broker.ratelimit import RateLimiter
+from agentmesh.broker.settings import Settings
+from agentmesh.gateway import (
     agents_api,
     anthropic_api,
     errors,
@@ -29,10 +29,10 @@ from gateway import (
     webhooks,
     websocket,
 )
-from gateway.limits import BodyLimit
-from gateway.mcp_server import FederatedMCP
-from gateway.state import GatewayConfig, GatewayState
-from gateway.tools import ToolDirectory
+from agentmesh.gateway.limits import BodyLimit
+from agentmesh.gateway.mcp_server import FederatedMCP
+from agentmesh.gateway.state import GatewayConfig, GatewayState
+from agentmesh.gateway.tools import ToolDirectory
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from fnmatch import fnmatchcase
 from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
 
-from broker.errors import Forbidden, Unauthorized, Unavailable
-from broker.ratelimit import Limit
-from gateway.state import state_of
+from agentmesh.broker.ratelimit import Limit
+from agentmesh.gateway.state import state_of
+from agentmesh.schemas.errors import Forbidden, Unauthorized, Unavailable
 
 
 class Scope(StrEnum):
@@ -88,7 +88,7 @@ def require(scope: Scope) -> Callable[[HTTPConnection], Awaitable[Principal]]:
         RateLimited: the key's rate limit is spent (HTTP 429 with Retry-After).
         Unavailable: Redis cannot be reached to check the key (HTTP 503).
     """
-    from gateway.keys import KeyStore  # gateway.keys imports Scope from here
+    from agentmesh.gateway.keys import KeyStore  # gateway.keys imports Scope from here
 
     async def dependency(conn: HTTPConnection) -> Principal:
         state = state_of(conn)

@@ -28,8 +28,12 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from broker.errors import (
+from agentmesh.broker.subjects import validate_id
+from agentmesh.schemas.envelope import new_id
+from agentmesh.schemas.errors import (
     ConnectionFailed,
+    ErrorCode,
+    ErrorInfo,
     InvalidMessage,
     MeshError,
     MeshTimeout,
@@ -38,9 +42,6 @@ from broker.errors import (
     Unavailable,
     error_from_info,
 )
-from broker.subjects import validate_id
-from schemas.envelope import new_id
-from schemas.errors import ErrorCode, ErrorInfo
 
 logger = logging.getLogger(__name__)
 

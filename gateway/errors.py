@@ -16,8 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from broker.errors import Forbidden, MeshError, RateLimited
-from schemas.errors import ErrorCode
+from agentmesh.schemas.errors import ErrorCode, Forbidden, MeshError, RateLimited
 
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.AGENT_NOT_FOUND: 404,

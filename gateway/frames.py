@@ -15,11 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from broker.errors import InvalidMessage, MeshError, RateLimited, error_from_info
-from broker.subjects import validate_id
-from gateway.models import iso
-from schemas.agent import AgentCard
-from schemas.envelope import (
+from agentmesh.broker.subjects import validate_id
+from agentmesh.gateway.models import iso
+from agentmesh.schemas.agent import AgentCard
+from agentmesh.schemas.envelope import (
     Chunk,
     DataPart,
     FilePart,
@@ -28,7 +27,14 @@ from schemas.envelope import (
     TextPart,
     to_parts,
 )
-from schemas.errors import ErrorCode, ErrorInfo
+from agentmesh.schemas.errors import (
+    ErrorCode,
+    ErrorInfo,
+    InvalidMessage,
+    MeshError,
+    RateLimited,
+    error_from_info,
+)
 
 MAX_CAPABILITIES = 64
 MAX_TEXT_FIELD = 256  # agent_name, capability names, message and conversation ids

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from broker.errors import InvalidMessage
-from broker.ratelimit import Limit
-from broker.subjects import Subjects
-from gateway.auth import Scope
+from agentmesh.broker.ratelimit import Limit
+from agentmesh.broker.subjects import Subjects
+from agentmesh.gateway.auth import Scope
+from agentmesh.schemas.errors import InvalidMessage
 
 KEY_PREFIX = "amk_"
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"  # no "_": it separates id and secret

@@ -10,15 +10,14 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from broker.errors import InvalidMessage
-from broker.ratelimit import Limit
-from gateway.auth import Principal, Scope, require
-from gateway.errors import error_body
-from gateway.keys import DEFAULT_SCOPES, MAX_NAME_LEN, KeyRecord, KeyStore, parse_scopes
-from gateway.llm_limits import settled
-from gateway.state import GatewayState, get_state
-from gateway.usage import Usage, UsageStore
-from schemas.errors import ErrorCode
+from agentmesh.broker.ratelimit import Limit
+from agentmesh.gateway.auth import Principal, Scope, require
+from agentmesh.gateway.errors import error_body
+from agentmesh.gateway.keys import DEFAULT_SCOPES, MAX_NAME_LEN, KeyRecord, KeyStore, parse_scopes
+from agentmesh.gateway.llm_limits import settled
+from agentmesh.gateway.state import GatewayState, get_state
+from agentmesh.gateway.usage import Usage, UsageStore
+from agentmesh.schemas.errors import ErrorCode, InvalidMessage
 
 router = APIRouter(tags=["keys"])
 

@@ -6,8 +6,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import error_body
-from schemas.errors import ErrorCode
+from agentmesh.gateway.errors import error_body
+from agentmesh.schemas.errors import ErrorCode
 
 
 class BodyLimit:

@@ -30,11 +30,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from broker.errors import MeshError, RateLimited, Unavailable
-from broker.ratelimit import Limit
-from gateway.auth import Principal
-from gateway.state import GatewayState
-from gateway.usage import UsageStore, tokens_of
+from agentmesh.broker.ratelimit import Limit
+from agentmesh.gateway.auth import Principal
+from agentmesh.gateway.state import GatewayState
+from agentmesh.gateway.usage import UsageStore, tokens_of
+from agentmesh.schemas.errors import MeshError, RateLimited, Unavailable
 
 logger = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ from starlette.requests import HTTPConnection, Request
 from starlette.types import Receive, Scope, Send
 
 import agentmesh
-from broker.errors import Forbidden, InvalidMessage, MeshError, ToolError, ToolNotFound
-from gateway.auth import Principal, require
-from gateway.auth import Scope as KeyScope
-from gateway.errors import error_response
-from gateway.state import GatewayState, state_of
+from agentmesh.gateway.auth import Principal, require
+from agentmesh.gateway.auth import Scope as KeyScope
+from agentmesh.gateway.errors import error_response
+from agentmesh.gateway.state import GatewayState, state_of
+from agentmesh.schemas.errors import Forbidden, InvalidMessage, MeshError, ToolError, ToolNotFound
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from schemas.agent import Presence
-from schemas.envelope import Message, Part
+from agentmesh.schemas.agent import Presence
+from agentmesh.schemas.envelope import Message, Part
 
 
 def iso(ts: float) -> str:

@@ -16,13 +16,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from agents.llm import LLM
-from broker.errors import InvalidMessage, MeshError
-from gateway.auth import Principal, Scope, require
-from gateway.errors import STATUS
-from gateway.llm_limits import Meter
-from gateway.state import GatewayState, get_state
-from workers.llm.registry import ModelRegistry
+from agentmesh.agents.llm import LLM
+from agentmesh.gateway.auth import Principal, Scope, require
+from agentmesh.gateway.errors import STATUS
+from agentmesh.gateway.llm_limits import Meter
+from agentmesh.gateway.state import GatewayState, get_state
+from agentmesh.schemas.errors import InvalidMessage, MeshError
+from agentmesh.workers.llm.registry import ModelRegistry
 
 router = APIRouter(tags=["llm"])
 

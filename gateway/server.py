@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from broker.settings import Settings
-from gateway.app import create_app
-from gateway.state import GatewayConfig
+from agentmesh.broker.settings import Settings
+from agentmesh.gateway.app import create_app
+from agentmesh.gateway.state import GatewayConfig
 
 DEFAULT_PORT = 8001
 

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 from starlette.requests import HTTPConnection
 
-from broker.bus import Bus
-from broker.presence import PresenceRegistry
-from broker.ratelimit import RateLimiter
-from broker.settings import Settings
+from agentmesh.broker.bus import Bus
+from agentmesh.broker.presence import PresenceRegistry
+from agentmesh.broker.ratelimit import RateLimiter
+from agentmesh.broker.settings import Settings
 
 if TYPE_CHECKING:
-    from gateway.tools import ToolDirectory
+    from agentmesh.gateway.tools import ToolDirectory
 
 
 @dataclass

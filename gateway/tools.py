@@ -14,12 +14,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from agents.tools import Tools
-from broker.bus import Bus
-from broker.errors import Forbidden
-from gateway.auth import Principal
-from schemas.tools import ToolResult
-from workers.mcp.registry import Catalog, CatalogTool, ToolRegistry
+from agentmesh.agents.tools import Tools
+from agentmesh.broker.bus import Bus
+from agentmesh.gateway.auth import Principal
+from agentmesh.schemas.errors import Forbidden
+from agentmesh.schemas.tools import ToolResult
+from agentmesh.workers.mcp.registry import Catalog, CatalogTool, ToolRegistry
 
 CATALOG_TTL = 1.0
 

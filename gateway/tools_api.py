@@ -11,11 +11,11 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker.errors import ToolError
-from gateway.auth import Principal, Scope, require
-from gateway.state import GatewayState, get_state
-from workers.mcp.registry import CatalogTool
-from workers.mcp.worker import MAX_TIMEOUT
+from agentmesh.gateway.auth import Principal, Scope, require
+from agentmesh.gateway.state import GatewayState, get_state
+from agentmesh.schemas.errors import ToolError
+from agentmesh.workers.mcp.registry import CatalogTool
+from agentmesh.workers.mcp.worker import MAX_TIMEOUT
 
 router = APIRouter(tags=["tools"])
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from broker.subjects import Subjects, escape_token, unescape_token
+from agentmesh.broker.subjects import Subjects, escape_token, unescape_token
 
 ANONYMOUS = "anonymous"
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")

@@ -20,8 +20,8 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from broker.errors import InvalidId, InvalidMessage, Unavailable
-from broker.subjects import Subjects, validate_id
+from agentmesh.broker.subjects import Subjects, validate_id
+from agentmesh.schemas.errors import InvalidId, InvalidMessage, Unavailable
 
 T = TypeVar("T")
 

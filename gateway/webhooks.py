@@ -17,13 +17,19 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from agents.client import encode_request
-from broker.errors import AgentNotFound, InvalidId, InvalidMessage, Unauthorized, Unavailable
-from gateway.errors import error_body
-from gateway.state import GatewayState, get_state
-from gateway.webhook_store import Claim, Webhook, WebhookStore, validate_delivery_id
-from schemas.envelope import DataPart, FilePart, Message, Part, TextPart, new_id
-from schemas.errors import ErrorCode
+from agentmesh.agents.client import encode_request
+from agentmesh.gateway.errors import error_body
+from agentmesh.gateway.state import GatewayState, get_state
+from agentmesh.gateway.webhook_store import Claim, Webhook, WebhookStore, validate_delivery_id
+from agentmesh.schemas.envelope import DataPart, FilePart, Message, Part, TextPart, new_id
+from agentmesh.schemas.errors import (
+    AgentNotFound,
+    ErrorCode,
+    InvalidId,
+    InvalidMessage,
+    Unauthorized,
+    Unavailable,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -23,24 +23,24 @@ from fastapi import APIRouter, WebSocket
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
-from broker.errors import (
+from agentmesh.broker.presence import Heartbeat
+from agentmesh.broker.types import Request
+from agentmesh.gateway import frames
+from agentmesh.gateway.auth import Principal, Scope, require
+from agentmesh.gateway.frames import ChunkFrame, HeartbeatFrame, ResultFrame, SendFrame
+from agentmesh.gateway.state import GatewayState, state_of
+from agentmesh.schemas.agent import AgentCard, InstanceInfo
+from agentmesh.schemas.codec import decode, encode
+from agentmesh.schemas.envelope import Chunk, Message, merge_text, new_id
+from agentmesh.schemas.errors import (
     AgentNotFound,
+    ErrorCode,
     InvalidMessage,
     MeshError,
     MeshTimeout,
     RateLimited,
     Unavailable,
 )
-from broker.presence import Heartbeat
-from broker.types import Request
-from gateway import frames
-from gateway.auth import Principal, Scope, require
-from gateway.frames import ChunkFrame, HeartbeatFrame, ResultFrame, SendFrame
-from gateway.state import GatewayState, state_of
-from schemas.agent import AgentCard, InstanceInfo
-from schemas.codec import decode, encode
-from schemas.envelope import Chunk, Message, merge_text, new_id
-from schemas.errors import ErrorCode
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,24 @@
 """The wire contract: pydantic models and the msgpack codec. No I/O."""
 
-from schemas.agent import AgentCard, InstanceInfo, Owner, Presence, PresenceEvent, PresenceStatus
-from schemas.envelope import Chunk, DataPart, FilePart, ImagePart, Message, Part, TextPart, new_id
-from schemas.errors import ErrorCode, ErrorInfo
+from agentmesh.schemas.agent import (
+    AgentCard,
+    InstanceInfo,
+    Owner,
+    Presence,
+    PresenceEvent,
+    PresenceStatus,
+)
+from agentmesh.schemas.envelope import (
+    Chunk,
+    DataPart,
+    FilePart,
+    ImagePart,
+    Message,
+    Part,
+    TextPart,
+    new_id,
+)
+from agentmesh.schemas.errors import ErrorCode, ErrorInfo
 
 __all__ = [
     "AgentCard",

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 import msgpack
 from pydantic import BaseModel, ValidationError
 
-from broker.errors import InvalidMessage
-from schemas.envelope import Message, new_id, to_parts
+from agentmesh.schemas.envelope import Message, new_id, to_parts
+from agentmesh.schemas.errors import InvalidMessage
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from agents.agent import Agent
-from agents.client import MeshClient
-from broker.connections import connect_redis
-from broker.servers import NatsServer, RedisServer
-from broker.settings import Settings
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.client import MeshClient
+from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.servers import NatsServer, RedisServer
+from agentmesh.broker.settings import Settings
 
 # LLM workers and fake upstreams, for the worker and gateway tests alike.
 pytest_plugins = ["tests.workers.fixtures", "tests.mcp.fixtures"]

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
+from agentmesh.broker.servers import ServerError, find_nats_server
 from agentmesh.local import MCP_SERVERS
-from broker.servers import ServerError, find_nats_server
-from workers.llm.config import LLMConfig
-from workers.mcp.config import MCPConfig
+from agentmesh.workers.llm.config import LLMConfig
+from agentmesh.workers.mcp.config import MCPConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -243,7 +243,7 @@ def test_the_gateway_listens_on_8001_inside_and_on_loopback_outside() -> None:
 
 def test_the_echo_agent_runs_the_example_agent() -> None:
     agent = _config()["services"]["echo-agent"]
-    assert _command(agent) == ["agent", "run", "agents.examples.echo:agent"]
+    assert _command(agent) == ["agent", "run", "agentmesh.agents.examples.echo:agent"]
 
 
 def test_the_llm_worker_serves_the_mounted_models_file_and_gets_the_provider_keys() -> None:

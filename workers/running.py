@@ -6,7 +6,7 @@ import asyncio
 import signal
 from typing import Protocol
 
-from broker.settings import Settings
+from agentmesh.broker.settings import Settings
 
 
 class Worker(Protocol):

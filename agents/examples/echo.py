@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from agents.agent import Agent
-from agents.context import Context
-from schemas.envelope import Message
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.context import Context
+from agentmesh.schemas.envelope import Message
 
 agent = Agent(
     "echo",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from agents.agent import Agent
-from agents.context import Context
-from schemas.envelope import Message
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.context import Context
+from agentmesh.schemas.envelope import Message
 
 agent = Agent("sample", name="Sample Agent", capabilities=["sample"])
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from agents.agent import Agent
-from agents.client import MeshClient
-from agents.context import Context
-from broker.servers import free_port
-from broker.settings import Settings
-from schemas.envelope import Message
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.client import MeshClient
+from agentmesh.agents.context import Context
+from agentmesh.broker.servers import free_port
+from agentmesh.broker.settings import Settings
+from agentmesh.schemas.envelope import Message
+
+ECHO = "agentmesh.agents.examples.echo"
 
 ROOT = Path(__file__).resolve().parents[2]  # `agent run` imports MODULE from the cwd
 CLI_TIMEOUT = 30.0
@@ -256,9 +258,12 @@ async def test_agent_run_serves_the_agent_until_sigterm_then_exits_0_and_leaves_
     ("target", "message"),
     [
         ("nosuchmodule:agent", "cannot load nosuchmodule:agent"),
-        ("agents.examples.echo:nosuchattr", "cannot load agents.examples.echo:nosuchattr"),
-        ("agents.examples.echo:handle", "is a function, not an agentmesh Agent"),
-        ("agents.examples.echo", "expected MODULE:ATTR"),
+        (
+            "agentmesh.agents.examples.echo:nosuchattr",
+            "cannot load agentmesh.agents.examples.echo:nosuchattr",
+        ),
+        ("agentmesh.agents.examples.echo:handle", "is a function, not an agentmesh Agent"),
+        ("agentmesh.agents.examples.echo", "expected MODULE:ATTR"),
     ],
 )
 async def test_agent_run_with_a_target_that_is_not_an_agent_exits_1_with_a_clear_error(

@@ -8,11 +8,11 @@ import re
 
 import pytest
 
-from broker.connections import connect_redis
-from broker.servers import free_port
-from broker.settings import Settings
-from broker.subjects import Subjects
-from gateway.usage import UsageStore
+from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.servers import free_port
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects
+from agentmesh.gateway.usage import UsageStore
 from tests.agentmesh.test_cli import run_cli
 
 KEY = re.compile(r"^amk_([a-z0-9]{8,12})_[A-Za-z0-9_-]{43,}$")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from broker.connections import connect_redis
-from broker.servers import free_port
-from broker.settings import Settings
-from broker.subjects import Subjects
-from gateway.webhook_store import WebhookStore
+from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.servers import free_port
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects
+from agentmesh.gateway.webhook_store import WebhookStore
 from tests.agentmesh.test_cli import run_cli
 
 

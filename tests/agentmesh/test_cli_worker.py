@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from agents.client import MeshClient
-from broker.errors import ModelNotFound, ToolNotFound
-from broker.servers import free_port
-from broker.settings import Settings
-from broker.subjects import Subjects
+from agentmesh.agents.client import MeshClient
+from agentmesh.broker.servers import free_port
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects
+from agentmesh.schemas.errors import ModelNotFound, ToolNotFound
+from agentmesh.workers.llm.registry import ModelRegistry
 from tests.agentmesh.test_cli import ROOT, run_cli
 from tests.mcp.fixtures import TIME
-from workers.llm.registry import ModelRegistry
 
 HELLO = [{"role": "user", "content": "hello worker"}]
 MODELS = """\

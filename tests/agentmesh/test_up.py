@@ -22,7 +22,7 @@ import httpx
 import pytest
 from mcp import Client
 
-from broker.servers import free_port, port_in_use, process_alive
+from agentmesh.broker.servers import free_port, port_in_use, process_alive
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0

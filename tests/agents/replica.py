@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
-from agents.agent import Agent
-from agents.context import Context
-from schemas.envelope import Message
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.context import Context
+from agentmesh.schemas.envelope import Message
 
 agent = Agent("replica", name="Replica")
 

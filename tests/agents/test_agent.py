@@ -8,11 +8,14 @@ from collections import Counter
 import msgpack
 import pytest
 
-from agents.agent import Agent
-from agents.client import MeshClient
-from agents.context import Context
-from broker.errors import (
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.client import MeshClient
+from agentmesh.agents.context import Context
+from agentmesh.broker.settings import Settings
+from agentmesh.schemas.envelope import DataPart, Message, TextPart
+from agentmesh.schemas.errors import (
     AgentNotFound,
+    ErrorCode,
     InvalidId,
     InvalidMessage,
     MeshTimeout,
@@ -20,9 +23,6 @@ from broker.errors import (
     RemoteError,
     Unauthorized,
 )
-from broker.settings import Settings
-from schemas.envelope import DataPart, Message, TextPart
-from schemas.errors import ErrorCode
 from tests.conftest import StartAgent
 
 

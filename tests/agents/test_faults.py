@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from agents.agent import Agent
-from agents.client import MeshClient
-from agents.context import Context
-from broker.errors import MeshError, Unavailable
-from broker.servers import NatsServer, RedisServer
-from broker.settings import Settings
-from schemas.agent import PresenceEvent, PresenceStatus
-from schemas.codec import decode
-from schemas.envelope import Message
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.client import MeshClient
+from agentmesh.agents.context import Context
+from agentmesh.broker.servers import NatsServer, RedisServer
+from agentmesh.broker.settings import Settings
+from agentmesh.schemas.agent import PresenceEvent, PresenceStatus
+from agentmesh.schemas.codec import decode
+from agentmesh.schemas.envelope import Message
+from agentmesh.schemas.errors import MeshError, Unavailable
 from tests.conftest import StartAgent
 
 AGENTMESH = str(Path(sys.executable).parent / "agentmesh")

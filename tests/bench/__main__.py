@@ -17,8 +17,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from broker.servers import NatsServer, RedisServer
-from broker.settings import Settings
+from agentmesh.broker.servers import NatsServer, RedisServer
+from agentmesh.broker.settings import Settings
 from tests.bench import bus, gateway, gateway_report, llm, llm_report, mcp, mcp_report, report
 
 SECTIONS = ("bus", "gateway", "llm", "mcp")

@@ -15,9 +15,9 @@ from contextlib import asynccontextmanager
 import nats
 from nats.aio.msg import Msg
 
-from agents import Agent, Context, MeshClient
-from broker.settings import Settings
-from schemas.envelope import Message
+from agentmesh.agents import Agent, Context, MeshClient
+from agentmesh.broker.settings import Settings
+from agentmesh.schemas.envelope import Message
 from tests.bench import report
 from tests.bench.measure import Call, Result, measure, p50_range, progress, run, scaled
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from agents.client import MeshClient
-from broker.settings import Settings
+from agentmesh.agents.client import MeshClient
+from agentmesh.broker.settings import Settings
 from tests.bench import ws_agents
 from tests.bench.http1 import Connection, post
 from tests.bench.loadgen import SEND_PATH, TEXT, Window, send_body

@@ -242,9 +242,10 @@ Measured {report.today()} at {report.revision()}, one run. Machine: {report.mach
 Command: {report.command()}.
 
 - **Processes**: nats-server, redis-server, one gateway (`agentmesh gateway --port <free>`:
-  {_stack()}), the echo agent (`agentmesh agent run agents.examples.echo:agent`), and the bench
-  process; load generators are processes of their own. Heartbeat interval {HEARTBEAT_INTERVAL:g}
-  s and timeout {HEARTBEAT_TIMEOUT:g} s for all of them, so presence follows the heartbeats.
+  {_stack()}), the echo agent (`agentmesh agent run agentmesh.agents.examples.echo:agent`), and the
+  bench process; load generators are processes of their own. Heartbeat interval
+  {HEARTBEAT_INTERVAL:g} s and timeout {HEARTBEAT_TIMEOUT:g} s for all of them, so presence follows
+  the heartbeats.
 - **Latency, concurrency 1**: `{MESH}("echo", text)` from the bench process (no gateway), against
   `POST /gateway/send` with `"wait": true` and the same {len(TEXT.encode())}-byte text, sent
   from one keep-alive `httpx.AsyncClient` ({HTTPX}) and from a minimal keep-alive HTTP/1.1 client

@@ -20,15 +20,15 @@ from typing import Any
 import httpx
 import yaml
 
-from agents.client import MeshClient
-from broker.connections import connect_redis
-from broker.errors import MeshError
-from broker.ratelimit import Limit
-from broker.servers import free_port
-from broker.settings import Settings
-from broker.subjects import Subjects, escape_token
-from gateway.auth import Scope
-from gateway.keys import KeyStore
+from agentmesh.agents.client import MeshClient
+from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.ratelimit import Limit
+from agentmesh.broker.servers import free_port
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects, escape_token
+from agentmesh.gateway.auth import Scope
+from agentmesh.gateway.keys import KeyStore
+from agentmesh.schemas.errors import MeshError
 from tests.bench.http1 import Connection, HttpError, post
 from tests.bench.loadgen import Window
 from tests.bench.measure import (

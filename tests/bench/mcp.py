@@ -23,8 +23,8 @@ from typing import Any
 from mcp import Client, StdioServerParameters
 from mcp.types.version import LATEST_MODERN_VERSION
 
-from agents.client import MeshClient
-from broker.settings import Settings
+from agentmesh.agents.client import MeshClient
+from agentmesh.broker.settings import Settings
 from tests.bench.http1 import Connection, HttpError, post
 from tests.bench.llm import ROUNDS, Mesh, rounds
 from tests.bench.measure import Call, Result, measure, progress, run, scaled

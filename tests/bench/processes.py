@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
-from agents.client import MeshClient
-from broker.servers import _die_with_parent, free_port
-from broker.settings import Settings
+from agentmesh.agents.client import MeshClient
+from agentmesh.broker.servers import _die_with_parent, free_port
+from agentmesh.broker.settings import Settings
 
 BIN = Path(sys.executable).parent  # the venv's bin: its `agentmesh` and `python`
 ROOT = Path(__file__).resolve().parents[2]  # children run here, so `tests.bench` imports
@@ -153,8 +153,8 @@ async def gateway_ready(gateway: Gateway, *, timeout: float = 20.0) -> None:
 
 
 def launch_echo(env: Mapping[str, str], logs: Path) -> Child:
-    """`agentmesh agent run agents.examples.echo:agent`, started; see `agent_online`."""
-    argv = [str(BIN / "agentmesh"), "agent", "run", "agents.examples.echo:agent"]
+    """`agentmesh agent run agentmesh.agents.examples.echo:agent`, started; see `agent_online`."""
+    argv = [str(BIN / "agentmesh"), "agent", "run", "agentmesh.agents.examples.echo:agent"]
     return Child("echo agent", argv, env=env, log=logs / "echo.log")
 
 

@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from broker.servers import find_nats_server
+from agentmesh.broker.servers import find_nats_server
 from tests.bench.measure import Result, scale
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "BENCHMARKS.md"

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from agents.client import MeshClient
+from agentmesh.agents.client import MeshClient
 from tests.bench.loadgen import TEXT
 from tests.bench.measure import percentile, scale
 from tests.bench.processes import (

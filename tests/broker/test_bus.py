@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from broker.bus import Bus
-from broker.settings import Settings
-from broker.types import Request
+from agentmesh.broker.bus import Bus
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.types import Request
 
 
 async def test_calls_cancelled_at_any_moment_leave_no_handler_running_and_no_slot_taken(

@@ -8,13 +8,13 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from broker.connections import connect_redis
-from broker.errors import ConnectionFailed
-from broker.presence import PresenceRegistry
-from broker.servers import free_port
-from broker.settings import Settings
-from broker.subjects import Subjects
-from schemas.agent import AgentCard, InstanceInfo, PresenceStatus
+from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.presence import PresenceRegistry
+from agentmesh.broker.servers import free_port
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects
+from agentmesh.schemas.agent import AgentCard, InstanceInfo, PresenceStatus
+from agentmesh.schemas.errors import ConnectionFailed
 
 TIMEOUT = 0.5
 

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from broker.errors import RateLimited
-from broker.ratelimit import Limit, RateLimiter
-from broker.servers import RedisServer
+from agentmesh.broker.ratelimit import Limit, RateLimiter
+from agentmesh.broker.servers import RedisServer
+from agentmesh.schemas.errors import RateLimited
 
 # A long period: refill during a test (milliseconds) is far below one token.
 PER_MINUTE = Limit(10, 60)

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from broker.errors import InvalidId
-from broker.settings import Settings
+from agentmesh.broker.settings import Settings
+from agentmesh.schemas.errors import InvalidId
 
 
 def test_an_empty_environment_gives_the_defaults() -> None:

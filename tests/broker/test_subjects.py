@@ -7,9 +7,14 @@ import unicodedata
 
 import pytest
 
-from broker.errors import InvalidId, InvalidMessage
-from broker.subjects import MAX_NAME_LEN, Subjects, escape_token, unescape_token, validate_id
-from schemas.errors import ErrorCode
+from agentmesh.broker.subjects import (
+    MAX_NAME_LEN,
+    Subjects,
+    escape_token,
+    unescape_token,
+    validate_id,
+)
+from agentmesh.schemas.errors import ErrorCode, InvalidId, InvalidMessage
 
 GOOD_IDS = ["agent-001", "my_agent", "A1", "a", "0", "x" * 128, "Agent_7-b", "9lives"]
 

@@ -8,11 +8,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agents.agent import Agent
-from agents.client import MeshClient
-from agents.context import Context
-from broker.settings import Settings
-from schemas.envelope import Message
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.client import MeshClient
+from agentmesh.agents.context import Context
+from agentmesh.broker.settings import Settings
+from agentmesh.schemas.envelope import Message
 
 _exporter = InMemorySpanExporter()
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from broker.servers import free_port
-from broker.settings import Settings
-from gateway.server import AsgiServer, make_server
-from gateway.state import GatewayConfig
+from agentmesh.broker.servers import free_port
+from agentmesh.broker.settings import Settings
+from agentmesh.gateway.server import AsgiServer, make_server
+from agentmesh.gateway.state import GatewayConfig
 
 
 @dataclass

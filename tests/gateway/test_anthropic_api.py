@@ -12,11 +12,11 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
-from broker.settings import Settings
-from broker.subjects import Subjects
-from gateway.auth import Scope
-from gateway.keys import KeyStore
-from gateway.state import GatewayConfig
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects
+from agentmesh.gateway.auth import Scope
+from agentmesh.gateway.keys import KeyStore
+from agentmesh.gateway.state import GatewayConfig
 from tests.gateway.conftest import Replica, StartGateway
 from tests.workers.fake_anthropic import FakeAnthropic
 from tests.workers.fake_upstreams import FakeOpenAI

@@ -15,18 +15,18 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from agents.agent import Agent
-from agents.context import Context
-from broker.connections import connect_redis
-from broker.errors import InvalidMessage
-from broker.ratelimit import Limit
-from broker.servers import RedisServer
-from broker.settings import Settings
-from broker.subjects import Subjects
-from gateway.auth import Scope
-from gateway.keys import KeyStore, parse_tool_patterns
-from gateway.state import GatewayConfig
-from schemas.envelope import Message
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.context import Context
+from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.ratelimit import Limit
+from agentmesh.broker.servers import RedisServer
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects
+from agentmesh.gateway.auth import Scope
+from agentmesh.gateway.keys import KeyStore, parse_tool_patterns
+from agentmesh.gateway.state import GatewayConfig
+from agentmesh.schemas.envelope import Message
+from agentmesh.schemas.errors import InvalidMessage
 from tests.conftest import StartAgent
 from tests.gateway.conftest import Replica, StartGateway
 
@@ -88,19 +88,19 @@ def assert_401(r: httpx.Response, key: str | None = None) -> None:
 async def test_a_gateway_with_auth_off_answers_without_a_key_and_says_so_in_its_log(
     start_gateway: StartGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="gateway.app"):
+    with caplog.at_level(logging.WARNING, logger="agentmesh.gateway.app"):
         replica = await start_gateway(config=GatewayConfig(auth=False))
     async with httpx.AsyncClient(base_url=replica.url) as http:
         assert (await http.get("/gateway/agents")).status_code == 200
         assert (await http.get("/gateway/keys")).status_code == 200
-    warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.app"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "agentmesh.gateway.app"]
     assert any("auth is OFF" in w and "AGENTMESH_AUTH=on" in w for w in warnings), warnings
 
 
 async def test_a_gateway_with_auth_on_does_not_warn_that_it_is_open(
     start_gateway: StartGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="gateway.app"):
+    with caplog.at_level(logging.WARNING, logger="agentmesh.gateway.app"):
         await start_gateway(config=AUTH)
     assert not [r for r in caplog.records if "auth is OFF" in r.getMessage()]
 

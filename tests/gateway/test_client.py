@@ -10,10 +10,16 @@ from typing import Any
 import httpx
 import pytest
 
-from agents.agent import Agent
-from agents.client import MeshClient
-from agents.context import Context
-from broker.errors import (
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.client import MeshClient
+from agentmesh.agents.context import Context
+from agentmesh.broker.servers import free_port
+from agentmesh.broker.settings import Settings
+from agentmesh.gateway import GatewayClient
+from agentmesh.gateway.server import make_server
+from agentmesh.gateway.state import GatewayConfig
+from agentmesh.schemas.envelope import Message
+from agentmesh.schemas.errors import (
     AgentNotFound,
     ConnectionFailed,
     InvalidId,
@@ -23,12 +29,6 @@ from broker.errors import (
     Unauthorized,
     Unavailable,
 )
-from broker.servers import free_port
-from broker.settings import Settings
-from gateway import GatewayClient
-from gateway.server import make_server
-from gateway.state import GatewayConfig
-from schemas.envelope import Message
 from tests.conftest import StartAgent
 from tests.gateway.conftest import Replica, StartGateway
 from tests.gateway.test_websocket import next_offline, presence_events

@@ -7,10 +7,10 @@ import re
 
 import httpx
 
-from agents.agent import Agent
-from agents.context import Context
-from broker.settings import Settings
-from schemas.envelope import Message
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.context import Context
+from agentmesh.broker.settings import Settings
+from agentmesh.schemas.envelope import Message
 from tests.conftest import StartAgent
 from tests.gateway.conftest import StartGateway
 
@@ -143,7 +143,7 @@ async def test_bad_input_gets_a_clear_error_and_the_gateway_keeps_serving(
 async def test_an_oversized_body_is_refused_with_413(
     start_gateway: StartGateway,
 ) -> None:
-    from gateway.state import GatewayConfig
+    from agentmesh.gateway.state import GatewayConfig
 
     replica = await start_gateway(config=GatewayConfig(max_body_bytes=1000))
     async with httpx.AsyncClient(base_url=replica.url) as http:

@@ -17,14 +17,14 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
-from broker.ratelimit import Limit
-from broker.servers import RedisServer
-from broker.settings import Settings
-from broker.subjects import Subjects
-from gateway.auth import Scope
-from gateway.keys import KeyStore
-from gateway.llm_limits import COMPLETION_RESERVE, estimate_tokens, settled
-from gateway.state import GatewayConfig
+from agentmesh.broker.ratelimit import Limit
+from agentmesh.broker.servers import RedisServer
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects
+from agentmesh.gateway.auth import Scope
+from agentmesh.gateway.keys import KeyStore
+from agentmesh.gateway.llm_limits import COMPLETION_RESERVE, estimate_tokens, settled
+from agentmesh.gateway.state import GatewayConfig
 from tests.gateway.conftest import Replica, StartGateway
 from tests.workers.fake_upstreams import FakeOpenAI
 from tests.workers.fixtures import StartWorker
@@ -395,7 +395,7 @@ async def test_usage_that_cannot_be_counted_is_logged_and_the_call_still_answers
     async with openai.AsyncOpenAI(
         base_url=f"{replica.url}/v1", api_key="unused", max_retries=0
     ) as client:
-        with caplog.at_level(logging.WARNING, logger="gateway.llm_limits"):
+        with caplog.at_level(logging.WARNING, logger="agentmesh.gateway.llm_limits"):
             reply = await chat(client, max_tokens=2)
             await settled()
     assert reply.choices[0].message.content == "hello from upstream"

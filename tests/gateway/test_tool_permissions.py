@@ -13,10 +13,10 @@ from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from broker.subjects import Subjects
-from gateway.auth import Scope
-from gateway.keys import KeyStore
-from gateway.state import GatewayConfig
+from agentmesh.broker.subjects import Subjects
+from agentmesh.gateway.auth import Scope
+from agentmesh.gateway.keys import KeyStore
+from agentmesh.gateway.state import GatewayConfig
 from tests.mcp.fixtures import DEMO_STDIO, TIME
 
 

@@ -18,13 +18,13 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from agents.agent import Agent
-from agents.context import Context
-from broker.settings import Settings
-from broker.subjects import Subjects
-from gateway.state import GatewayConfig
-from gateway.webhook_store import Claim, WebhookStore
-from schemas.envelope import DataPart, FilePart, Message, TextPart
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.context import Context
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects
+from agentmesh.gateway.state import GatewayConfig
+from agentmesh.gateway.webhook_store import Claim, WebhookStore
+from agentmesh.schemas.envelope import DataPart, FilePart, Message, TextPart
 from tests.conftest import StartAgent
 from tests.gateway.conftest import Replica, StartGateway
 
@@ -349,7 +349,7 @@ async def test_a_body_over_the_gateway_limit_is_413_and_not_delivered(
 
 
 def test_the_signature_is_hmac_sha256_over_timestamp_dot_raw_body() -> None:
-    from gateway.webhooks import signature
+    from agentmesh.gateway.webhooks import signature
 
     expected = hmac.new(b"k" * 16, b"1700000000." + b'{"a":1}', hashlib.sha256).hexdigest()
     assert signature("k" * 16, "1700000000", b'{"a":1}') == f"sha256={expected}"

@@ -14,22 +14,22 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from agents.agent import Agent
-from agents.client import MeshClient
-from agents.context import Context
-from broker.connections import connect_redis
-from broker.errors import MeshError, Unavailable
-from broker.ratelimit import Limit
-from broker.servers import free_port
-from broker.settings import Settings
-from broker.subjects import Subjects
-from gateway.auth import Scope
-from gateway.keys import KeyStore
-from gateway.server import make_server
-from gateway.state import GatewayConfig
-from schemas.agent import PresenceEvent, PresenceStatus
-from schemas.codec import decode
-from schemas.envelope import Message
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.client import MeshClient
+from agentmesh.agents.context import Context
+from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.ratelimit import Limit
+from agentmesh.broker.servers import free_port
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects
+from agentmesh.gateway.auth import Scope
+from agentmesh.gateway.keys import KeyStore
+from agentmesh.gateway.server import make_server
+from agentmesh.gateway.state import GatewayConfig
+from agentmesh.schemas.agent import PresenceEvent, PresenceStatus
+from agentmesh.schemas.codec import decode
+from agentmesh.schemas.envelope import Message
+from agentmesh.schemas.errors import MeshError, Unavailable
 from tests.conftest import StartAgent
 from tests.gateway.conftest import Replica, StartGateway
 

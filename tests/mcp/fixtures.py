@@ -13,12 +13,12 @@ import uvicorn
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from broker.servers import free_port
-from broker.settings import Settings
-from gateway.server import AsgiServer
+from agentmesh.broker.servers import free_port
+from agentmesh.broker.settings import Settings
+from agentmesh.gateway.server import AsgiServer
+from agentmesh.workers.mcp.config import MCPConfig
+from agentmesh.workers.mcp.worker import MCPWorker
 from tests.mcp.demo_server import create_server
-from workers.mcp.config import MCPConfig
-from workers.mcp.worker import MCPWorker
 
 DEMO = str(Path(__file__).with_name("demo_server.py"))
 TIME = {"command": "python", "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}

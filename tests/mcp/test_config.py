@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from workers.config import ConfigError
-from workers.mcp.config import MCPConfig
+from agentmesh.workers.config import ConfigError
+from agentmesh.workers.mcp.config import MCPConfig
 
 
 def test_the_common_shapes():

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from broker.errors import MeshTimeout, ToolNotFound, Unavailable
+from agentmesh.schemas.errors import MeshTimeout, ToolNotFound, Unavailable
 from tests.mcp.fixtures import DEMO_STDIO, DemoHTTP
 
 

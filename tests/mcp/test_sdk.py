@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from agents.agent import Agent
-from agents.context import Context
-from broker.errors import InvalidId, InvalidMessage, ToolNotFound
-from schemas.envelope import Message
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.context import Context
+from agentmesh.schemas.envelope import Message
+from agentmesh.schemas.errors import InvalidId, InvalidMessage, ToolNotFound
 from tests.mcp.fixtures import DEMO_STDIO, TIME
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker.bus import Bus
-from broker.errors import AgentNotFound, InvalidMessage, ToolError, ToolNotFound
-from schemas.codec import pack, unpack
+from agentmesh.broker.bus import Bus
+from agentmesh.schemas.codec import pack, unpack
+from agentmesh.schemas.errors import AgentNotFound, InvalidMessage, ToolError, ToolNotFound
 from tests.mcp.fixtures import DEMO_STDIO, TIME, DemoHTTP
 
 

@@ -7,21 +7,7 @@ import random
 import msgpack
 import pytest
 
-from broker.errors import (
-    AgentNotFound,
-    Cancelled,
-    InvalidId,
-    InvalidMessage,
-    MeshError,
-    MeshTimeout,
-    PayloadTooLarge,
-    RateLimited,
-    RemoteError,
-    Unauthorized,
-    Unavailable,
-    error_from_info,
-)
-from schemas import (
+from agentmesh.schemas import (
     AgentCard,
     Chunk,
     DataPart,
@@ -34,6 +20,20 @@ from schemas import (
     PresenceStatus,
     TextPart,
     codec,
+)
+from agentmesh.schemas.errors import (
+    AgentNotFound,
+    Cancelled,
+    InvalidId,
+    InvalidMessage,
+    MeshError,
+    MeshTimeout,
+    PayloadTooLarge,
+    RateLimited,
+    RemoteError,
+    Unauthorized,
+    Unavailable,
+    error_from_info,
 )
 
 

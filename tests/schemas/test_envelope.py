@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from schemas import (
+from agentmesh.schemas import (
     AgentCard,
     Chunk,
     DataPart,
@@ -18,7 +18,7 @@ from schemas import (
     TextPart,
     new_id,
 )
-from schemas.envelope import to_parts
+from agentmesh.schemas.envelope import to_parts
 
 SEED_CARD = {
     "agent_id": "agent-001",

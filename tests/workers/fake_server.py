@@ -9,8 +9,8 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from broker.servers import free_port
-from gateway.server import AsgiServer
+from agentmesh.broker.servers import free_port
+from agentmesh.gateway.server import AsgiServer
 
 
 class FakeServer:

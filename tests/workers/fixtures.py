@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from broker.settings import Settings
+from agentmesh.broker.settings import Settings
+from agentmesh.workers.llm.config import LLMConfig
+from agentmesh.workers.llm.worker import LLMWorker
 from tests.workers.fake_upstreams import FakeOpenAI
-from workers.llm.config import LLMConfig
-from workers.llm.worker import LLMWorker
 
 StartWorker = Callable[[dict[str, Any]], Awaitable[LLMWorker]]
 

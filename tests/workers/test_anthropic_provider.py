@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from agents.client import MeshClient
-from broker.errors import InvalidMessage, RateLimited
+from agentmesh.agents.client import MeshClient
+from agentmesh.schemas.errors import InvalidMessage, RateLimited
 from tests.workers.fake_anthropic import FakeAnthropic
 from tests.workers.fixtures import StartWorker
 

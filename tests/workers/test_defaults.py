@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from broker.servers import free_port
+from agentmesh.broker.servers import free_port
+from agentmesh.workers.llm.config import LLMConfig
+from agentmesh.workers.llm.defaults import config_from_env, describe
 from tests.workers.fake_ollama import FakeOllama
-from workers.llm.config import LLMConfig
-from workers.llm.defaults import config_from_env, describe
 
 
 def nowhere() -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agents.client import MeshClient
-from broker.errors import InvalidMessage, ModelNotFound, RateLimited, Unavailable
+from agentmesh.agents.client import MeshClient
+from agentmesh.schemas.errors import InvalidMessage, ModelNotFound, RateLimited, Unavailable
 from tests.workers.fake_upstreams import FakeOpenAI
 from tests.workers.fixtures import StartWorker
 

@@ -11,14 +11,14 @@ import httpx
 import openai
 import pytest
 
-from agents.client import MeshClient
-from broker.servers import free_port
+from agentmesh.agents.client import MeshClient
+from agentmesh.broker.servers import free_port
+from agentmesh.workers.llm.config import Deployment
+from agentmesh.workers.llm.providers.base import ProviderError
+from agentmesh.workers.llm.providers.ollama import OllamaProvider
 from tests.gateway.conftest import StartGateway, start_gateway  # noqa: F401 - a fixture
 from tests.workers.fake_ollama import FakeOllama
 from tests.workers.fixtures import StartWorker
-from workers.llm.config import Deployment
-from workers.llm.providers.base import ProviderError
-from workers.llm.providers.ollama import OllamaProvider
 
 MODEL = "llama3.2:latest"
 HELLO = [{"role": "user", "content": "hello ollama"}]

@@ -16,8 +16,8 @@ import openai
 import pytest
 import yaml
 
-from agents.client import MeshClient
-from broker.errors import Unavailable
+from agentmesh.agents.client import MeshClient
+from agentmesh.schemas.errors import Unavailable
 from tests.gateway.conftest import StartGateway, start_gateway  # noqa: F401 - a fixture
 from tests.workers.fake_upstreams import FakeOpenAI
 from tests.workers.fixtures import StartWorker

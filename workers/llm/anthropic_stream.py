@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from workers.llm.anthropic_format import (
+from agentmesh.workers.llm.anthropic_format import (
     FINISH_REASONS,
     STOP_REASONS,
     Body,

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from workers.config import ConfigError, read_config, validate_config
+from agentmesh.workers.config import ConfigError, read_config, validate_config
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",

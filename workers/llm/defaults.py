@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from workers.llm.config import DEFAULT_BASE_URLS, LLMConfig
+from agentmesh.workers.llm.config import DEFAULT_BASE_URLS, LLMConfig
 
 logger = logging.getLogger(__name__)
 

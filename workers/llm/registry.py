@@ -10,7 +10,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from broker.subjects import Subjects, escape_token
+from agentmesh.broker.subjects import Subjects, escape_token
 
 # KEYS: workers-key prefix, models, then each alias escaped; ARGV: worker id, then each alias
 _WITHDRAW = """

@@ -16,10 +16,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from broker.errors import InvalidMessage, MeshError, RateLimited, Unavailable
-from broker.subjects import Subjects
-from workers.llm.config import ModelConfig
-from workers.llm.providers.base import Body, Provider, ProviderError
+from agentmesh.broker.subjects import Subjects
+from agentmesh.schemas.errors import InvalidMessage, MeshError, RateLimited, Unavailable
+from agentmesh.workers.llm.config import ModelConfig
+from agentmesh.workers.llm.providers.base import Body, Provider, ProviderError
 
 logger = logging.getLogger(__name__)
 

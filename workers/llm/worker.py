@@ -16,16 +16,16 @@ from typing import Any
 import httpx
 from redis.exceptions import RedisError
 
-from broker.bus import Bus
-from broker.connections import connect_redis
-from broker.errors import InvalidMessage
-from broker.settings import Settings
-from broker.types import Request
-from schemas.codec import pack, unpack
-from workers.llm.config import LLMConfig
-from workers.llm.providers import make_provider
-from workers.llm.registry import ModelRegistry
-from workers.llm.router import ModelRouter
+from agentmesh.broker.bus import Bus
+from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.types import Request
+from agentmesh.schemas.codec import pack, unpack
+from agentmesh.schemas.errors import InvalidMessage
+from agentmesh.workers.llm.config import LLMConfig
+from agentmesh.workers.llm.providers import make_provider
+from agentmesh.workers.llm.registry import ModelRegistry
+from agentmesh.workers.llm.router import ModelRouter
 
 logger = logging.getLogger(__name__)
 

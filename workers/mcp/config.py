@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from broker.errors import InvalidId
-from broker.subjects import validate_id
-from workers.config import ConfigError, read_config, validate_config
+from agentmesh.broker.subjects import validate_id
+from agentmesh.schemas.errors import InvalidId
+from agentmesh.workers.config import ConfigError, read_config, validate_config
 
 DEFAULT_TIMEOUT = 60.0
 

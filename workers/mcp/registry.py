@@ -19,7 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from broker.subjects import Subjects
+from agentmesh.broker.subjects import Subjects
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from broker.errors import MeshTimeout, ToolError, ToolNotFound, Unavailable
-from workers.mcp.config import ServerConfig
+from agentmesh.schemas.errors import MeshTimeout, ToolError, ToolNotFound, Unavailable
+from agentmesh.workers.mcp.config import ServerConfig
 
 logger = logging.getLogger(__name__)
 

@@ -17,15 +17,15 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from broker.bus import Bus
-from broker.connections import connect_redis
-from broker.errors import InvalidMessage
-from broker.settings import Settings
-from broker.types import Request
-from schemas.codec import pack, unpack
-from workers.mcp.config import MCPConfig
-from workers.mcp.registry import ToolRegistry
-from workers.mcp.upstream import Upstream
+from agentmesh.broker.bus import Bus
+from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.types import Request
+from agentmesh.schemas.codec import pack, unpack
+from agentmesh.schemas.errors import InvalidMessage
+from agentmesh.workers.mcp.config import MCPConfig
+from agentmesh.workers.mcp.registry import ToolRegistry
+from agentmesh.workers.mcp.upstream import Upstream
 
 logger = logging.getLogger(__name__)
 

@@ -7,15 +7,15 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from workers.llm.anthropic_format import (
+from agentmesh.workers.llm.anthropic_format import (
     ANTHROPIC_VERSION,
     FormatError,
     from_anthropic_message,
     to_anthropic_request,
 )
-from workers.llm.anthropic_stream import ChunksFromEvents
-from workers.llm.config import Deployment
-from workers.llm.providers.base import (
+from agentmesh.workers.llm.anthropic_stream import ChunksFromEvents
+from agentmesh.workers.llm.config import Deployment
+from agentmesh.workers.llm.providers.base import (
     Body,
     ProviderError,
     check_response,

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from workers.llm.config import Deployment
+from agentmesh.workers.llm.config import Deployment
 
 Body = dict[str, Any]
 

@@ -8,8 +8,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from workers.llm.config import Deployment
-from workers.llm.providers.base import Body, completion_id
+from agentmesh.workers.llm.config import Deployment
+from agentmesh.workers.llm.providers.base import Body, completion_id
 
 
 def _last_user_text(request: Body) -> str:

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from workers.llm.config import Deployment
-from workers.llm.providers.base import (
+from agentmesh.workers.llm.config import Deployment
+from agentmesh.workers.llm.providers.base import (
     Body,
     ProviderError,
     check_response,

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from workers.llm.config import Deployment
-from workers.llm.providers.base import (
+from agentmesh.workers.llm.config import Deployment
+from agentmesh.workers.llm.providers.base import (
     Body,
     ProviderError,
     check_response,
