@@ -25,6 +25,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m tests.lint_imports
 
 clean:
 	rm -rf $(VENV) .agentmesh .pytest_cache

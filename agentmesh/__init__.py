@@ -15,10 +15,13 @@ from agentmesh.schemas.errors import (
     Cancelled,
     ConnectionFailed,
     ErrorCode,
+    Forbidden,
     InvalidId,
     InvalidMessage,
     MeshError,
     MeshTimeout,
+    ModelNotFound,
+    NoResponders,
     PayloadTooLarge,
     RateLimited,
     RemoteError,
@@ -28,8 +31,7 @@ from agentmesh.schemas.errors import (
     Unavailable,
 )
 from agentmesh.schemas.tools import ToolResult
-
-__version__ = "0.1.0"
+from agentmesh.schemas.version import __version__
 
 __all__ = [
     "Agent",
@@ -42,6 +44,7 @@ __all__ = [
     "DataPart",
     "ErrorCode",
     "FilePart",
+    "Forbidden",
     "GatewayClient",
     "ImagePart",
     "InvalidId",
@@ -50,6 +53,8 @@ __all__ = [
     "MeshError",
     "MeshTimeout",
     "Message",
+    "ModelNotFound",
+    "NoResponders",
     "PayloadTooLarge",
     "Presence",
     "RateLimited",

@@ -5,24 +5,20 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 
-from agentmesh.broker.servers import ServerError
-from agentmesh.broker.settings import Settings
+from agentmesh import cli_status, cli_support
+from agentmesh.cli_config import config_app
 from agentmesh.cli_keys import keys_app
 from agentmesh.cli_tools import tools_app
 from agentmesh.cli_webhooks import webhooks_app
 from agentmesh.cli_worker import worker_app
-from agentmesh.schemas.errors import ConnectionFailed, MeshError
-
-T = TypeVar("T")
+from agentmesh.schemas.errors import ConnectionFailed
 
 app = typer.Typer(
     help="AgentMesh: a distributed message-bus agent mesh.",
@@ -36,57 +32,32 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(worker_app, name="worker")
 app.add_typer(tools_app, name="tools")
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    if not verbose:  # nats-py and redis are chatty at INFO
-        logging.getLogger("nats").setLevel(logging.WARNING)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except (ValueError, MeshError) as exc:
-        raise _fail(str(exc)) from None
-
-
-def _table(rows: list[tuple[str, ...]]) -> None:
-    """Print rows as aligned columns (the first row is the header)."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _run(make: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine; expected failures become one clear line and exit code 1."""
-    try:
-        return asyncio.run(make())
-    except ConnectionFailed as exc:
-        raise _fail(exc.message) from None
-    except MeshError as exc:
-        raise _fail(f"{exc.code}: {exc.message}") from None
-    except ServerError as exc:
-        raise _fail(str(exc)) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+app.add_typer(config_app, name="config")
+app.command()(cli_status.status)
+app.command()(cli_status.ps)
 
 
 @app.command()
 def up(
-    nats_port: int = typer.Option(4222, help="Port for the local nats-server."),
-    redis_port: int = typer.Option(6379, help="Port for the local redis-server."),
-    data_dir: Path = typer.Option(Path(".agentmesh"), help="Where server data and logs go."),
-    gateway_port: int = typer.Option(8001, help="Port for the gateway (HTTP, WebSocket)."),
+    file: Path | None = typer.Option(
+        None,
+        "--file",
+        "-f",
+        help="A mesh file (mesh.yaml, or an agentgateway config): run what it says, applying "
+        "its edits live (SIGHUP re-reads it). Flags given win over it.",
+    ),
+    nats_port: int | None = typer.Option(
+        None, help="Port for the local nats-server [default: 4222]"
+    ),
+    redis_port: int | None = typer.Option(
+        None, help="Port for the local redis-server [default: 6379]"
+    ),
+    data_dir: Path | None = typer.Option(
+        None, help="Where server data and logs go [default: .agentmesh]"
+    ),
+    gateway_port: int | None = typer.Option(
+        None, help="Port for the gateway (HTTP, WebSocket) [default: 8001]"
+    ),
     no_gateway: bool = typer.Option(False, "--no-gateway", help="Do not start the gateway."),
     no_echo: bool = typer.Option(False, "--no-echo", help="Do not start the demo echo agent."),
     no_llm: bool = typer.Option(
@@ -100,17 +71,35 @@ def up(
     """Run a local mesh: nats-server (JetStream), redis-server, the gateway, the echo agent, an
     LLM worker (the built-in echo model, plus OpenAI, Anthropic or Ollama models when their
     keys are set or a local Ollama answers) and an MCP worker (the reference time server)."""
+    from agentmesh.following import log_warnings, open_source
     from agentmesh.local import LocalMesh
+    from agentmesh.meshconfig import MeshDocument, ServersSection
+    from agentmesh.workers.config import ConfigError
 
-    _setup_logging(verbose)
+    cli_support.setup_logging(verbose)
+    settings = cli_support.settings()
+    try:
+        opened = None if file is None else asyncio.run(open_source(file, False, settings))
+        doc = opened.doc if opened is not None else MeshDocument(raw={}, source="")
+        servers = doc.servers() if opened is not None else ServersSection()
+        section = doc.gateway() if opened is not None else None
+    except ConfigError as exc:
+        raise cli_support.fail(str(exc)) from None
+    if opened is not None:
+        log_warnings(doc)
     mesh = LocalMesh(
-        nats_port=nats_port,
-        redis_port=redis_port,
-        data_dir=data_dir,
-        prefix=_settings().prefix,
-        gateway_port=None if no_gateway else gateway_port,
+        nats_port=nats_port or servers.nats_port,
+        redis_port=redis_port or servers.redis_port,
+        data_dir=data_dir or servers.data_dir,
+        prefix=settings.prefix,
+        host=servers.host,
+        gateway_port=None if no_gateway else gateway_port or (section.port if section else 8001),
+        file=opened,
     )
-    _run(lambda: mesh.run(echo=not no_echo, llm=not no_llm, mcp=not no_mcp))
+    try:
+        cli_support.run(lambda: mesh.run(echo=not no_echo, llm=not no_llm, mcp=not no_mcp))
+    except ConfigError as exc:
+        raise cli_support.fail(str(exc)) from None
 
 
 @app.command()
@@ -119,10 +108,10 @@ def agents(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     from agentmesh.agents.client import MeshClient
 
     async def main() -> list[Any]:
-        async with MeshClient.connect(_settings()) as mesh:
+        async with MeshClient.connect(cli_support.settings()) as mesh:
             return await mesh.agents()
 
-    found = _run(main)
+    found = cli_support.run(main)
     if as_json:
         typer.echo(json.dumps([p.model_dump(mode="json") for p in found], indent=2))
         return
@@ -141,7 +130,7 @@ def agents(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
                 f"{now - p.last_heartbeat:.0f}s ago",
             )
         )
-    _table(rows)
+    cli_support.table(rows)
 
 
 @app.command()
@@ -161,10 +150,10 @@ def send(
         try:
             content = json.loads(data)
         except json.JSONDecodeError as exc:
-            raise _fail(f"--data is not valid JSON: {exc}") from None
+            raise cli_support.fail(f"--data is not valid JSON: {exc}") from None
 
     async def main() -> None:
-        async with MeshClient.connect(_settings(), sender_id="cli") as mesh:
+        async with MeshClient.connect(cli_support.settings(), sender_id="cli") as mesh:
             if stream:
                 async for chunk in mesh.stream(
                     agent_id, content, timeout=timeout, conversation_id=conversation
@@ -178,7 +167,7 @@ def send(
                 )
                 typer.echo(_render(reply))
 
-    _run(main)
+    cli_support.run(main)
 
 
 def _render(msg: Any) -> str:
@@ -188,78 +177,28 @@ def _render(msg: Any) -> str:
 
 
 @app.command()
-def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Show whether NATS and Redis are reachable, and what is online."""
-    from agentmesh.broker.bus import Bus
-    from agentmesh.broker.connections import connect_redis
-    from agentmesh.broker.presence import PresenceRegistry
-    from agentmesh.broker.subjects import Subjects
-
-    settings = _settings()
-
-    async def main() -> dict[str, Any]:
-        out: dict[str, Any] = {"prefix": settings.prefix}
-        try:
-            bus = await Bus.connect(settings, name="agentmesh-status")
-            info = bus.nc._server_info  # server version, JetStream flag
-            out["nats"] = {
-                "url": settings.nats_url,
-                "ok": True,
-                "version": info.get("version"),
-                "jetstream": bool(info.get("jetstream")),
-            }
-            await bus.close()
-        except ConnectionFailed as exc:
-            out["nats"] = {"url": settings.nats_url, "ok": False, "error": exc.message}
-        try:
-            redis = await connect_redis(settings)
-            registry = PresenceRegistry(
-                redis, Subjects(settings.prefix), heartbeat_timeout=settings.heartbeat_timeout
-            )
-            online = await registry.list()
-            info = await redis.info("server")
-            out["redis"] = {
-                "url": settings.redis_url,
-                "ok": True,
-                "version": info.get("redis_version"),
-            }
-            out["agents"] = len(online)
-            out["instances"] = sum(len(p.instances) for p in online)
-            await redis.aclose()
-        except ConnectionFailed as exc:
-            out["redis"] = {"url": settings.redis_url, "ok": False, "error": exc.message}
-        return out
-
-    result = _run(main)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-    else:
-        for name in ("nats", "redis"):
-            s = result[name]
-            extra = f"version {s.get('version')}" if s["ok"] else s["error"]
-            if name == "nats" and s["ok"]:
-                extra += ", JetStream " + ("on" if s["jetstream"] else "off")
-            typer.echo(f"{name.upper():6} {'ok  ' if s['ok'] else 'DOWN'} {s['url']}  {extra}")
-        if "agents" in result:
-            typer.echo(
-                f"agents {result['agents']} online, {result['instances']} instances "
-                f"(prefix {result['prefix']})"
-            )
-    if not (result["nats"]["ok"] and result["redis"]["ok"]):
-        raise typer.Exit(1)
-
-
-@app.command()
 def gateway(
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all)."),
-    port: int = typer.Option(8001, help="Port to listen on."),
+    host: str | None = typer.Option(
+        None, help="Interface to listen on (0.0.0.0 for all) [default: 127.0.0.1]"
+    ),
+    port: int | None = typer.Option(None, help="Port to listen on [default: 8001]"),
+    file: Path | None = typer.Option(
+        None, "--file", "-f", help="A mesh file: run on its gateway section, applying edits live."
+    ),
+    shared: bool = typer.Option(
+        False, "--shared", help="Follow the shared config (`agentmesh config apply`)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run one gateway replica (start more on other ports or hosts; they share nothing)."""
     from agentmesh.gateway.server import make_server
 
-    _setup_logging(verbose)
-    server = make_server(_settings(), host=host, port=port)
+    cli_support.setup_logging(verbose)
+    if file is not None or shared:
+        _gateway_following(file, shared, host, port)
+        return
+    host, port = host or "127.0.0.1", port or 8001
+    server = make_server(cli_support.settings(), host=host, port=port)
 
     async def main() -> None:
         import signal
@@ -273,7 +212,25 @@ def gateway(
                 f"the gateway could not start on {host}:{port} (see the log above)"
             )
 
-    _run(main)
+    cli_support.run(main)
+
+
+def _gateway_following(file: Path | None, shared: bool, host: str | None, port: int | None) -> None:
+    from agentmesh.following import open_source, run_gateway
+    from agentmesh.workers.config import ConfigError
+
+    if file is not None and shared:
+        raise cli_support.fail("give -f/--file or --shared, not both")
+    settings = cli_support.settings()
+
+    async def main() -> None:
+        opened = await open_source(file, shared, settings)
+        await run_gateway(opened, settings, host=host, port=port)
+
+    try:
+        cli_support.run(main)
+    except ConfigError as exc:
+        raise cli_support.fail(str(exc)) from None
 
 
 @agent_app.command("run")
@@ -283,20 +240,26 @@ def agent_run(
 ) -> None:
     """Run an agent defined in a Python module until Ctrl-C or SIGTERM."""
     from agentmesh.agents.agent import Agent
+    from agentmesh.broker.lifecycle import run_until_signal
 
-    _setup_logging(verbose)
+    cli_support.setup_logging(verbose)
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
-        raise _fail(f"expected MODULE:ATTR, got {target!r}")
+        raise cli_support.fail(f"expected MODULE:ATTR, got {target!r}")
     sys.path.insert(0, str(Path.cwd()))
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise _fail(f"cannot load {target}: {exc}") from None
+        raise cli_support.fail(f"cannot load {target}: {exc}") from None
     if not isinstance(obj, Agent):
-        raise _fail(f"{target} is a {type(obj).__name__}, not an agentmesh Agent")
-    settings = _settings()
-    _run(lambda: obj._run_until_signal(settings))
+        raise cli_support.fail(f"{target} is a {type(obj).__name__}, not an agentmesh Agent")
+    settings = cli_support.settings()
+    cli_support.run(lambda: run_until_signal(obj, settings))
+
+
+# Last, once every command is registered: all but `up` (which starts its own servers) take
+# --nats-url, --redis-url and --prefix.
+cli_support.add_mesh_options(app, skip=frozenset({"up"}))
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -13,8 +12,7 @@ import redis.asyncio as aioredis
 import typer
 from redis.exceptions import RedisError
 
-# The module, not its names: agentmesh.cli imports this module while it is still loading.
-from agentmesh import cli as _cli
+from agentmesh import cli_support
 from agentmesh.broker.connections import connect_redis, redis_unreachable
 from agentmesh.broker.ratelimit import Limit
 from agentmesh.broker.settings import Settings
@@ -28,6 +26,7 @@ from agentmesh.gateway.keys import (
     validate_name,
 )
 from agentmesh.gateway.usage import FIELDS, Usage, UsageStore
+from agentmesh.schemas.envelope import iso_utc
 from agentmesh.schemas.errors import InvalidMessage
 
 T = TypeVar("T")
@@ -52,7 +51,7 @@ def _with_redis(settings: Settings, use: Callable[[aioredis.Redis, Subjects], Aw
         finally:
             await redis.aclose()
 
-    return _cli._run(main)
+    return cli_support.run(main)
 
 
 def _scopes_text(record: KeyRecord) -> str:
@@ -63,10 +62,6 @@ def _tools_text(record: KeyRecord, sep: str = ",") -> str:
     if record.tools is None:
         return "all"
     return sep.join(record.tools) or "none"
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def _limit(text: str | None, what: str) -> Limit | None:
@@ -114,8 +109,8 @@ def create(
         tokens = _limit(token_limit, "token limit")
         allowed = parse_tool_patterns(",".join(tools)) if tools else None
     except InvalidMessage as exc:
-        raise _cli._fail(exc.message) from None
-    settings = _cli._settings()
+        raise cli_support.fail(exc.message) from None
+    settings = cli_support.settings()
     key, record = _with_store(
         settings,
         lambda store: store.create(
@@ -139,7 +134,7 @@ def create(
 @keys_app.command("list")
 def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the keys (ids and names; never the keys or their hashes)."""
-    records = _with_store(_cli._settings(), lambda store: store.list())
+    records = _with_store(cli_support.settings(), lambda store: store.list())
     if as_json:
         rows = [
             {
@@ -149,7 +144,7 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
                 "rate_limit": None if r.rate_limit is None else str(r.rate_limit),
                 "token_limit": None if r.token_limit is None else str(r.token_limit),
                 "tools": None if r.tools is None else list(r.tools),
-                "created_at": _iso(r.created_at),
+                "created_at": iso_utc(r.created_at),
             }
             for r in records
         ]
@@ -161,9 +156,9 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     table = [("ID", "NAME", "SCOPES", "RATE LIMIT", "TOKEN LIMIT", "TOOLS", "CREATED")]
     for r in records:
         limits = (str(r.rate_limit or "-"), str(r.token_limit or "-"))
-        row = (r.key_id, r.name, _scopes_text(r), *limits, _tools_text(r), _iso(r.created_at))
+        row = (r.key_id, r.name, _scopes_text(r), *limits, _tools_text(r), iso_utc(r.created_at))
         table.append(row)
-    _cli._table(table)
+    cli_support.table(table)
 
 
 @keys_app.command()
@@ -171,8 +166,8 @@ def revoke(
     key_id: str = typer.Argument(..., help="The key's id (see `agentmesh keys list`)."),
 ) -> None:
     """Revoke a key: every replica refuses it from its next request."""
-    if not _with_store(_cli._settings(), lambda store: store.revoke(key_id)):
-        raise _cli._fail(f"no key with id {key_id!r} (see `agentmesh keys list`)")
+    if not _with_store(cli_support.settings(), lambda store: store.revoke(key_id)):
+        raise cli_support.fail(f"no key with id {key_id!r} (see `agentmesh keys list`)")
     typer.echo(f"revoked key {key_id}")
 
 
@@ -185,7 +180,7 @@ def usage(
 ) -> None:
     """LLM usage per key and model: requests, tokens and errors, counted by every gateway."""
     rows: list[Usage] = _with_redis(
-        _cli._settings(), lambda redis, subjects: UsageStore(redis, subjects).read(key_id)
+        cli_support.settings(), lambda redis, subjects: UsageStore(redis, subjects).read(key_id)
     )
     if as_json:
         typer.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
@@ -195,4 +190,4 @@ def usage(
         return
     header = ("KEY", "MODEL", *(f.replace("_tokens", "").upper() for f in FIELDS))
     body = [(r.key_id, r.model, *(str(getattr(r, f)) for f in FIELDS)) for r in rows]
-    _cli._table([header, *body])
+    cli_support.table([header, *body])

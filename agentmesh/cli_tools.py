@@ -7,8 +7,7 @@ from typing import Any
 
 import typer
 
-# The module, not its names: agentmesh.cli imports this module while it is still loading.
-from agentmesh import cli as _cli
+from agentmesh import cli_support
 
 tools_app = typer.Typer(
     help="MCP tools served by MCP workers: list them, call one.", no_args_is_help=True
@@ -19,13 +18,13 @@ tools_app = typer.Typer(
 def list_tools(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The tools callable now, and the MCP servers that are down."""
     from agentmesh.agents.client import MeshClient
-    from agentmesh.workers.mcp.registry import Catalog
+    from agentmesh.schemas.catalog import Catalog
 
     async def main() -> Catalog:
-        async with MeshClient.connect(_cli._settings()) as mesh:
+        async with MeshClient.connect(cli_support.settings()) as mesh:
             return await mesh.tools.catalog()
 
-    catalog = _cli._run(main)
+    catalog = cli_support.run(main)
     tools = catalog.tools()
     if as_json:
         entries = [{"server": t.server, **t.tool} for t in tools]
@@ -34,7 +33,7 @@ def list_tools(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
     if tools:
         rows = [("SERVER", "TOOL", "DESCRIPTION")]
         rows += [(t.server, t.name, _first_line(t.tool.get("description"))) for t in tools]
-        _cli._table(rows)
+        cli_support.table(rows)
     elif not catalog.servers:
         typer.echo("no MCP worker is running (start one: agentmesh worker mcp --config mcp.json)")
     for server in sorted(catalog.servers.values(), key=lambda s: s.name):
@@ -56,15 +55,15 @@ def call(
     try:
         parsed = json.loads(arguments)
     except json.JSONDecodeError as exc:
-        raise _cli._fail(f"the arguments are not valid JSON: {exc}") from None
+        raise cli_support.fail(f"the arguments are not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
-        raise _cli._fail("the arguments must be a JSON object")
+        raise cli_support.fail("the arguments must be a JSON object")
 
     async def main() -> Any:
-        async with MeshClient.connect(_cli._settings(), sender_id="cli") as mesh:
+        async with MeshClient.connect(cli_support.settings(), sender_id="cli") as mesh:
             return await mesh.tools.call(server, tool, parsed, timeout=timeout)
 
-    result = _cli._run(main)
+    result = cli_support.run(main)
     if as_json:
         typer.echo(json.dumps(result.raw, indent=2))
     elif result.structured is not None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 from collections.abc import Awaitable, Callable
-from types import ModuleType
 from typing import TypeVar
 
 import typer
 
+from agentmesh import cli_support
 from agentmesh.gateway.webhook_store import DEFAULT_TOLERANCE, Webhook, WebhookStore
+from agentmesh.schemas.envelope import iso_utc
 
 T = TypeVar("T")
 
@@ -21,19 +21,11 @@ webhooks_app = typer.Typer(
 )
 
 
-def _cli() -> ModuleType:
-    # agentmesh.cli imports this module to register it; import it back at call time.
-    from agentmesh import cli
-
-    return cli
-
-
 def _with_store(use: Callable[[WebhookStore], Awaitable[T]]) -> T:
     from agentmesh.broker.connections import connect_redis
     from agentmesh.broker.subjects import Subjects
 
-    cli = _cli()
-    settings = cli._settings()
+    settings = cli_support.settings()
 
     async def main() -> T:
         redis = await connect_redis(settings)
@@ -42,11 +34,7 @@ def _with_store(use: Callable[[WebhookStore], Awaitable[T]]) -> T:
         finally:
             await redis.aclose()
 
-    return cli._run(main)
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    return cli_support.run(main)
 
 
 @webhooks_app.command("create")
@@ -103,15 +91,15 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
         typer.echo("no webhooks")
         return
     rows = [("NAME", "AGENT", "TOLERANCE", "CREATED")]
-    rows += [(h.name, h.agent_id, f"{h.tolerance_seconds}s", _iso(h.created_at)) for h in hooks]
-    _cli()._table(rows)
+    rows += [(h.name, h.agent_id, f"{h.tolerance_seconds}s", iso_utc(h.created_at)) for h in hooks]
+    cli_support.table(rows)
 
 
 @webhooks_app.command("delete")
 def delete(name: str = typer.Argument(..., help="The webhook to delete.")) -> None:
     """Delete a webhook; deliveries to it are refused with 404 from then on."""
     if not _with_store(lambda store: store.delete(name)):
-        raise _cli()._fail(f"no webhook named {name!r}")
+        raise cli_support.fail(f"no webhook named {name!r}")
     typer.echo(f"deleted webhook {name}")
 
 
@@ -120,5 +108,5 @@ def _row(hook: Webhook) -> dict[str, object]:
         "name": hook.name,
         "agent_id": hook.agent_id,
         "tolerance_seconds": hook.tolerance_seconds,
-        "created_at": _iso(hook.created_at),
+        "created_at": iso_utc(hook.created_at),
     }

@@ -4,48 +4,95 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
-# The module, not its names: agentmesh.cli imports this module while it is still loading.
-from agentmesh import cli as _cli
-from agentmesh.workers.running import Worker, run_until_signal
+from agentmesh import cli_support
+from agentmesh.broker.lifecycle import MeshService, run_until_signal
 
 worker_app = typer.Typer(help="Run workers that serve models or tools.", no_args_is_help=True)
 
 
-def _serve(load: Callable[[], Worker], verbose: bool) -> None:
+def _serve(load: Callable[[], MeshService], verbose: bool) -> None:
     """Build a worker from its config file (a bad file: one line, exit 1), run it until a signal."""
     from agentmesh.workers.config import ConfigError
 
-    _cli._setup_logging(verbose)
+    cli_support.setup_logging(verbose)
     try:
         worker = load()
     except ConfigError as exc:
-        raise _cli._fail(str(exc)) from None
-    settings = _cli._settings()
+        raise cli_support.fail(str(exc)) from None
+    settings = cli_support.settings()
+
+    cli_support.run(lambda: run_until_signal(worker, settings))
+
+
+def _follow(kind: str, file: Path | None, shared: bool, verbose: bool) -> None:
+    """Run the worker of `kind` on its section of a mesh file or of the shared config, applying
+    every new version live (a bad one at start: one line, exit 1)."""
+    from agentmesh.following import Following, llm_part, log_warnings, mcp_part, open_source
+    from agentmesh.workers.config import ConfigError
+
+    cli_support.setup_logging(verbose)
+    settings = cli_support.settings()
+    section = "models" if kind == "llm" else "mcpServers"
 
     async def main() -> None:
+        opened = await open_source(file, shared, settings)
         try:
-            await run_until_signal(worker, settings)
-        except BaseException:
-            await worker.stop()  # a failed start (NATS or Redis down): close what did open
-            raise
+            log_warnings(opened.doc)
+            if kind == "llm":
+                from agentmesh.workers.llm.worker import LLMWorker
 
-    _cli._run(main)
+                models = opened.doc.llm()
+                worker: Any = None if models is None else LLMWorker(models)
+                part = None if worker is None else llm_part(worker)
+            else:
+                from agentmesh.workers.mcp.worker import MCPWorker
+
+                servers = opened.doc.mcp()
+                worker = None if servers is None else MCPWorker(servers)
+                part = None if worker is None else mcp_part(worker)
+            if worker is None or part is None:
+                raise ConfigError(f"{opened.doc.source}: no {section!r} section")
+        except BaseException:
+            await opened.close()
+            raise
+        await run_until_signal(Following(worker, opened, [part]), settings)
+
+    try:
+        cli_support.run(main)
+    except ConfigError as exc:
+        raise cli_support.fail(str(exc)) from None
+
+
+def _one_source(config: Path | None, file: Path | None, shared: bool) -> None:
+    if sum((config is not None, file is not None, shared)) != 1:
+        raise cli_support.fail("give one of --config, -f/--file or --shared")
+
+
+FILE_HELP = "A mesh file (mesh.yaml): serve its section, applying edits live (SIGHUP re-reads)."
+SHARED_HELP = "Follow the mesh's shared config (JetStream KV, written by `agentmesh config apply`)."
 
 
 @worker_app.command("llm")
 def llm(
-    config: Path = typer.Option(
-        ..., "--config", "-c", help="The models file (models.yaml): aliases and deployments."
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="The models file (models.yaml): aliases and deployments."
     ),
+    file: Path | None = typer.Option(None, "--file", "-f", help=FILE_HELP),
+    shared: bool = typer.Option(False, "--shared", help=SHARED_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve the model aliases of a models file over the bus (start more to share the load)."""
     from agentmesh.workers.llm.config import LLMConfig
     from agentmesh.workers.llm.worker import LLMWorker
 
+    _one_source(config, file, shared)
+    if config is None:
+        _follow("llm", file, shared, verbose)
+        return
     _serve(lambda: LLMWorker(LLMConfig.load(config)), verbose)
 
 
@@ -55,12 +102,18 @@ def llm(
     "(start more to share the load).",
 )
 def mcp(
-    config: Path = typer.Option(
-        ..., "--config", "-c", help="The MCP servers file (mcp.json, the mcpServers shape)."
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="The MCP servers file (mcp.json, the mcpServers shape)."
     ),
+    file: Path | None = typer.Option(None, "--file", "-f", help=FILE_HELP),
+    shared: bool = typer.Option(False, "--shared", help=SHARED_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     from agentmesh.workers.mcp.config import MCPConfig
     from agentmesh.workers.mcp.worker import MCPWorker
 
+    _one_source(config, file, shared)
+    if config is None:
+        _follow("mcp", file, shared, verbose)
+        return
     _serve(lambda: MCPWorker(MCPConfig.load(config)), verbose)

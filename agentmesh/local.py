@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib
 import json
 import logging
+import shlex
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentmesh.agents.agent import Agent
 from agentmesh.broker.servers import LocalServer, NatsServer, RedisServer
 from agentmesh.broker.settings import Settings
+from agentmesh.broker.watch import Follower
+from agentmesh.following import MeshFollower, Opened, gateway_part, llm_part, mcp_part
+from agentmesh.gateway.state import GatewayConfig
+from agentmesh.workers.config import ConfigError
 from agentmesh.workers.llm.config import LLMConfig
 from agentmesh.workers.llm.defaults import config_from_env, describe
 from agentmesh.workers.llm.worker import LLMWorker
@@ -36,6 +45,27 @@ MCP_SERVERS: dict[str, Any] = {
     }
 }
 MCP_START_TIMEOUT = 30.0
+FILE_MCP_WAIT = 15.0  # `up -f`: how long the banner waits for the file's MCP servers
+
+
+def load_agent(target: str) -> Agent:
+    """The `Agent` at `module:attr` (the current directory is importable).
+
+    Raises:
+        ConfigError: not module:attr, not importable, or not an Agent.
+    """
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"expected MODULE:ATTR, got {target!r}")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load {target}: {exc}") from None
+    if not isinstance(obj, Agent):
+        raise ConfigError(f"{target} is a {type(obj).__name__}, not an agentmesh Agent")
+    return obj
 
 
 @dataclass
@@ -46,6 +76,8 @@ class LocalMesh:
     prefix: str = "mesh"
     host: str = "127.0.0.1"
     gateway_port: int | None = 8001  # None: no gateway
+    # A mesh file (`up -f`): its sections say what runs, and its edits apply live.
+    file: Opened | None = None
 
     async def run(
         self,
@@ -60,6 +92,8 @@ class LocalMesh:
         gateway = gateway_task = None
         worker: LLMWorker | None = None
         tools: MCPWorker | None = None
+        follower: Follower | None = None
+        doc = self.file.doc if self.file is not None else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -72,31 +106,36 @@ class LocalMesh:
             )
             servers.append(await asyncio.to_thread(redis.start))
             settings = Settings.from_env(nats_url=nats.url, redis_url=redis.url, prefix=self.prefix)
-            if echo:
-                from agentmesh.agents.examples.echo import agent as echo_agent
-
-                await echo_agent.start(settings)
-                agents.append(echo_agent)
+            for agent in self._agents(echo):
+                await agent.start(settings)
+                agents.append(agent)
             if self.gateway_port is not None:
                 gateway, gateway_task = await self._start_gateway(settings)
-            if llm:
-                # Probing for a local Ollama blocks for up to half a second: off the loop.
-                worker = LLMWorker(await asyncio.to_thread(config_from_env))
+            if llm and (models := await self._models()) is not None:
+                worker = LLMWorker(models)
                 await worker.start(settings)
-            if mcp:
-                tools = MCPWorker(MCPConfig.parse(MCP_SERVERS, source="agentmesh up"))
+            if mcp and (mcp_config := self._mcp_config()) is not None:
+                tools = MCPWorker(mcp_config)
                 await tools.start(settings)
-                if not await self._mcp_started(tools):
+                if doc is not None:
+                    await self._mcp_settled(tools, FILE_MCP_WAIT)  # kept: it retries, reloads
+                elif not await self._mcp_started(tools):
                     await tools.stop()
                     tools = None
             models = worker.config if worker is not None else None
             agent_ids = [a.agent_id for a in agents]
             print(self.banner(settings, servers, agent_ids, models, tools), flush=True)
+            if self.file is not None:
+                follower = self._follow(worker, tools)
+                loop.add_signal_handler(signal.SIGHUP, follower.reload)
             if ready is not None:
                 ready.set()
             await stop.wait()
             print("\nstopping the local mesh ...", flush=True)
         finally:
+            if follower is not None:
+                loop.remove_signal_handler(signal.SIGHUP)
+                await follower.stop()
             if tools is not None:
                 with contextlib.suppress(Exception):
                     await tools.stop()
@@ -125,12 +164,78 @@ class LocalMesh:
                 f"port {self.gateway_port} is already in use: is another mesh running? "
                 "Stop it or choose another port with --gateway-port."
             )
-        server = make_server(settings, host=self.host, port=self.gateway_port, log_level="warning")
+        server = make_server(
+            settings,
+            host=self.host,
+            port=self.gateway_port,
+            config=self._gateway_config,
+            log_level="warning",
+        )
         try:
             task = await server.start()
         except RuntimeError as exc:
             raise ServerError(str(exc)) from None
         return server, task
+
+    # What runs: the mesh file's sections, or the defaults of a plain `up` -------------------
+    def _agents(self, echo: bool) -> list[Agent]:
+        if self.file is None:
+            if not echo:
+                return []
+            from agentmesh.agents.examples.echo import agent as echo_agent
+
+            return [echo_agent]
+        return [load_agent(target) for target in self.file.doc.agents()]
+
+    async def _models(self) -> LLMConfig | None:
+        if self.file is not None:
+            return self.file.doc.llm()
+        # Probing for a local Ollama blocks for up to half a second: off the loop.
+        return await asyncio.to_thread(config_from_env)
+
+    def _mcp_config(self) -> MCPConfig | None:
+        if self.file is not None:
+            return self.file.doc.mcp()
+        return MCPConfig.parse(MCP_SERVERS, source="agentmesh up")
+
+    @functools.cached_property
+    def _gateway_base(self) -> GatewayConfig:
+        return GatewayConfig.from_env()
+
+    @functools.cached_property
+    def _gateway_config(self) -> GatewayConfig:
+        """The gateway's live config (a reload of the file changes it in place)."""
+        if self.file is None:
+            return self._gateway_base
+        return self.file.doc.gateway().to_config(self._gateway_base)
+
+    def _follow(self, worker: LLMWorker | None, tools: MCPWorker | None) -> Follower:
+        assert self.file is not None
+        doc = self.file.doc
+        parts = []
+        if self.gateway_port is not None:
+            parts.append(gateway_part(self._gateway_config, self._gateway_base, doc.gateway()))
+        if worker is not None:
+            parts.append(llm_part(worker))
+        if tools is not None:
+            parts.append(mcp_part(tools))
+        served = {p.section for p in parts}
+        restart_only = [
+            "servers",
+            "agents",
+            *(s for s in ("models", "mcpServers") if s not in served),
+        ]
+        applier = MeshFollower(doc, parts, restart_only=restart_only)
+        follower = Follower(self.file.source, applier.on_text, current=self.file.text)
+        follower.start()
+        return follower
+
+    async def _mcp_settled(self, worker: MCPWorker, timeout: float) -> None:
+        """Wait (bounded) until each server is up or has failed once."""
+        with contextlib.suppress(TimeoutError):
+            await worker.wait_for(
+                lambda: all(u.state != "starting" for u in worker.upstreams.values()), timeout
+            )
 
     async def _mcp_started(self, worker: MCPWorker) -> bool:
         """Whether the MCP worker's servers came up; if not, a warning, and `up` goes on without
@@ -177,6 +282,7 @@ class LocalMesh:
             self._mcp_line(tools),
             "",
             "In another terminal:",
+            *self._env_lines(settings),
             "  agentmesh agents                     # who is online",
             '  agentmesh send echo "hello"          # ask the echo agent',
             '  agentmesh send echo "hi" --stream    # stream the reply',
@@ -194,6 +300,22 @@ class LocalMesh:
             "Ctrl-C stops everything started here.",
         ]
         return "\n".join(lines)
+
+    def _env_lines(self, settings: Settings) -> list[str]:
+        """Off the default ports or prefix, how to point another terminal's commands here."""
+        defaults = Settings()
+        names = {"nats_url": "NATS_URL", "redis_url": "REDIS_URL", "prefix": "PREFIX"}
+        changed = {
+            name: getattr(settings, field)
+            for field, name in names.items()
+            if getattr(settings, field) != getattr(defaults, field)
+        }
+        if not changed:
+            return []
+        return [
+            "  # not the default mesh: point the commands here (or pass --nats-url, ...)",
+            *(f"  export AGENTMESH_{name}={shlex.quote(value)}" for name, value in changed.items()),
+        ]
 
     def _models_lines(self, models: LLMConfig | None) -> list[str]:
         if models is None:

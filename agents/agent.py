@@ -11,34 +11,28 @@ agent.run()                          # or `await agent.serve()`, or `async with 
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
-import os
-import signal
-import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from agentmesh.agents.client import MeshClient
 from agentmesh.agents.context import Context
-from agentmesh.broker.bus import Bus
-from agentmesh.broker.connections import connect_redis
-from agentmesh.broker.presence import Heartbeat, PresenceRegistry
+from agentmesh.broker.lifecycle import MeshService
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import validate_id
 from agentmesh.broker.types import Request
-from agentmesh.schemas.agent import AgentCard, InstanceInfo, Owner
+from agentmesh.schemas.agent import AgentCard, Owner
 from agentmesh.schemas.codec import decode, encode, encode_message
 from agentmesh.schemas.envelope import Chunk, Message, merge_text, to_parts
+from agentmesh.schemas.service import Serves, ServiceKind
 
 logger = logging.getLogger(__name__)
 
 HandlerFn = Callable[[Message, Context], Any]
 
 
-class Agent:
+class Agent(MeshService):
     """An agent of the mesh. Every process that serves the same id is a replica of it.
 
     Args:
@@ -46,6 +40,8 @@ class Agent:
         name, capabilities, description, agent_type, version, owner, metadata: the Agent Card.
         max_concurrency: handler calls at once in this process (default from settings).
     """
+
+    kind = ServiceKind.AGENT
 
     def __init__(
         self,
@@ -60,8 +56,9 @@ class Agent:
         metadata: dict[str, Any] | None = None,
         max_concurrency: int | None = None,
     ) -> None:
-        self.card = AgentCard(
-            agent_id=validate_id(agent_id),
+        super().__init__(validate_id(agent_id))
+        self._card = AgentCard(
+            agent_id=agent_id,
             agent_name=name or agent_id,
             capabilities=list(capabilities or []),
             description=description,
@@ -72,19 +69,11 @@ class Agent:
         )
         self.max_concurrency = max_concurrency
         self._handler: HandlerFn | None = None
-        self._bus: Bus | None = None
-        self._redis: Any = None
-        self._heartbeat: Heartbeat | None = None
         self._mesh: MeshClient | None = None
-        self._stopped: asyncio.Event | None = None
 
     @property
     def agent_id(self) -> str:
-        return self.card.agent_id
-
-    @property
-    def instance_id(self) -> str | None:
-        return self._bus.instance_id if self._bus else None
+        return self.service_id
 
     @property
     def mesh(self) -> MeshClient:
@@ -99,89 +88,48 @@ class Agent:
         self._handler = fn
         return fn
 
-    # Lifecycle -----------------------------------------------------------------------------
+    # Lifecycle (MeshService) ---------------------------------------------------------------
+    def card(self) -> AgentCard:
+        return self._card
+
+    def serves(self) -> Serves:
+        return Serves(agents=[self.agent_id])
+
     async def start(self, settings: Settings | None = None) -> None:
         """Connect, serve the agent's subject and announce presence; returns when online."""
         if self._handler is None:
             raise RuntimeError(
                 f"agent {self.agent_id!r} has no handler: decorate one with @agent.handler"
             )
-        settings = settings or Settings.from_env()
-        self._stopped = asyncio.Event()
-        redis = await connect_redis(settings)  # fail before touching NATS if Redis is down
-        try:
-            self._bus = await Bus.connect(settings, name=f"agent:{self.agent_id}")
-        except BaseException:
-            await redis.aclose()
-            raise
-        self._redis = redis
-        self._mesh = MeshClient(self._bus, sender_id=self.agent_id)
-        subjects = self._bus.subjects
-        await self._bus.serve(
-            subjects.agent(self.agent_id),
+        await super().start(settings)
+        logger.info("agent %s online (instance %s)", self.agent_id, self.instance_id)
+
+    async def on_start(self) -> None:
+        bus = self.bus
+        self._mesh = MeshClient(bus, sender_id=self.agent_id)
+        await bus.serve(
+            bus.subjects.agent(self.agent_id),
             self._handle,
-            queue=subjects.agent_queue(self.agent_id),
+            queue=bus.subjects.agent_queue(self.agent_id),
             max_concurrency=self.max_concurrency,
         )
-        registry = PresenceRegistry(redis, subjects, heartbeat_timeout=settings.heartbeat_timeout)
-        now = time.time()
-        instance = InstanceInfo(
-            instance_id=self._bus.instance_id,
-            connected_at=now,
-            last_heartbeat=now,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-        )
-        self._heartbeat = Heartbeat(
-            registry, self._bus, self.card, instance, interval=settings.heartbeat_interval
-        )
-        await self._heartbeat.start()
-        logger.info("agent %s online (instance %s)", self.agent_id, self._bus.instance_id)
 
     async def stop(self) -> None:
         """Leave presence, finish the calls in flight, close connections."""
-        if self._bus is None:
+        if not self.running:
             return
-        bus, self._bus = self._bus, None
-        if self._heartbeat is not None:
-            await self._heartbeat.stop()
-        await bus.close()
+        await super().stop()
+        logger.info("agent %s stopped", self.agent_id)
+
+    async def on_stop(self) -> None:
+        await self.bus.close()  # drain first: handlers in flight may still use self.mesh
         if self._mesh is not None:
             await self._mesh.close()
             self._mesh = None
-        if self._redis is not None:
-            await self._redis.aclose()
-        if self._stopped is not None:
-            self._stopped.set()
-        logger.info("agent %s stopped", self.agent_id)
-
-    async def serve(self, settings: Settings | None = None) -> None:
-        """Run until `stop()` is called (or the task is cancelled)."""
-        await self.start(settings)
-        try:
-            assert self._stopped is not None
-            await self._stopped.wait()
-        finally:
-            await self.stop()
-
-    def run(self, settings: Settings | None = None) -> None:
-        """Block running the agent; SIGINT or SIGTERM drains and stops it."""
-        asyncio.run(self._run_until_signal(settings))
-
-    async def _run_until_signal(self, settings: Settings | None) -> None:
-        loop = asyncio.get_running_loop()
-        await self.start(settings)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: loop.create_task(self.stop()))
-        assert self._stopped is not None
-        await self._stopped.wait()
 
     async def __aenter__(self) -> Agent:
         await self.start()
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # Handling ------------------------------------------------------------------------------
     async def _handle(self, request: Request) -> bytes | AsyncIterator[bytes]:

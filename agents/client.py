@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Generator
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Generator, Iterator
+from contextlib import aclosing, contextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -12,14 +12,15 @@ from agentmesh.agents.llm import LLM
 from agentmesh.agents.tools import Tools
 from agentmesh.broker.bus import Bus
 from agentmesh.broker.connections import connect_redis
-from agentmesh.broker.presence import PresenceRegistry
+from agentmesh.broker.registry import Registry
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import validate_id
 from agentmesh.broker.types import Kind
 from agentmesh.schemas.agent import Presence
 from agentmesh.schemas.codec import decode, encode, encode_message
 from agentmesh.schemas.envelope import Chunk, Message
-from agentmesh.schemas.errors import AgentNotFound
+from agentmesh.schemas.errors import AgentNotFound, NoResponders
+from agentmesh.schemas.service import InvalidRecord, ServiceRecord
 
 
 def encode_request(
@@ -61,7 +62,7 @@ class MeshClient:
         self.sender_id = sender_id
         self._owns_bus = owns_bus
         self._redis: aioredis.Redis | None = None
-        self._registry: PresenceRegistry | None = None
+        self._registry: Registry | None = None
 
     @classmethod
     def connect(cls, settings: Settings | None = None, *, sender_id: str | None = None) -> _Connect:
@@ -100,10 +101,8 @@ class MeshClient:
             MeshError: whatever error the agent replied with.
         """
         subject, body = self._outgoing(agent_id, content, conversation_id, metadata)
-        try:
+        with calling_agent(agent_id):
             frame = await self.bus.request(subject, body, timeout=timeout)
-        except AgentNotFound:
-            raise _not_online(agent_id) from None
         return decode(frame.data, Message)
 
     async def stream(
@@ -121,7 +120,7 @@ class MeshClient:
         Stopping the iteration early cancels the call at the agent.
         """
         subject, body = self._outgoing(agent_id, content, conversation_id, metadata)
-        try:
+        with calling_agent(agent_id):
             async with aclosing(self.bus.stream(subject, body, timeout=timeout)) as frames:
                 async for frame in frames:
                     if frame.kind is Kind.CHUNK:
@@ -129,8 +128,6 @@ class MeshClient:
                     elif frame.data:  # a plain reply to a streaming caller
                         reply = decode(frame.data, Message)
                         yield Chunk(content=reply.content, metadata=reply.metadata)
-        except AgentNotFound:
-            raise _not_online(agent_id) from None
 
     def _outgoing(
         self,
@@ -165,25 +162,38 @@ class MeshClient:
             self._redis = await connect_redis(self.settings)
         return self._redis
 
-    async def registry(self) -> PresenceRegistry:
+    async def registry(self) -> Registry:
+        """The mesh's service registry (every instance of every kind)."""
         if self._registry is None:
-            self._registry = PresenceRegistry(
-                await self.redis(),
-                self.bus.subjects,
-                heartbeat_timeout=self.settings.heartbeat_timeout,
+            self._registry = Registry(
+                await self.redis(), self.bus.subjects, timeout=self.settings.heartbeat_timeout
             )
         return self._registry
 
     async def agents(self) -> list[Presence]:
         """The agents online now, with their cards and instances."""
-        return await (await self.registry()).list()
+        return await (await self.registry()).agents()
+
+    async def services(self, kind: str | None = None) -> list[ServiceRecord | InvalidRecord]:
+        """Every live service instance of the mesh (or of one kind), invalid records included."""
+        return await (await self.registry()).instances(kind)
 
     async def agent(self, agent_id: str) -> Presence | None:
-        return await (await self.registry()).get(validate_id(agent_id))
+        return await (await self.registry()).agent(validate_id(agent_id))
 
 
-def _not_online(agent_id: str) -> AgentNotFound:
+def not_online(agent_id: str) -> AgentNotFound:
+    """The error for an agent that no instance serves now."""
     return AgentNotFound(f"agent '{agent_id}' is not online", details={"agent_id": agent_id})
+
+
+@contextmanager
+def calling_agent(agent_id: str) -> Iterator[None]:
+    """Around a bus call to an agent: the bus's `NoResponders` means the agent is not online."""
+    try:
+        yield
+    except NoResponders:
+        raise not_online(agent_id) from None
 
 
 class _Connect:

@@ -6,14 +6,14 @@ the alias; LLM workers translate.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
 from typing import Any
 
 from agentmesh.broker.bus import Bus
 from agentmesh.broker.types import Kind
 from agentmesh.schemas.codec import pack, unpack
-from agentmesh.schemas.errors import AgentNotFound, ModelNotFound
+from agentmesh.schemas.errors import ModelNotFound, NoResponders
 
 
 class LLM:
@@ -45,22 +45,23 @@ class LLM:
         body = pack({**params, "model": self.alias, "messages": messages})
         if stream:
             return self._stream(body, timeout)
-        try:
+        with self._calling():
             frame = await self.bus.request(self.subject, body, timeout=timeout)
-        except AgentNotFound:
-            raise self._not_served() from None
         return unpack(frame.data)
 
     async def _stream(self, body: bytes, timeout: float | None) -> AsyncIterator[dict[str, Any]]:
-        try:
+        with self._calling():
             async with aclosing(self.bus.stream(self.subject, body, timeout=timeout)) as frames:
                 async for frame in frames:
                     if frame.kind is Kind.CHUNK:
                         yield unpack(frame.data)
-        except AgentNotFound:
-            raise self._not_served() from None
 
-    def _not_served(self) -> ModelNotFound:
-        return ModelNotFound(
-            f"no LLM worker serves model '{self.alias}'", details={"model": self.alias}
-        )
+    @contextmanager
+    def _calling(self) -> Iterator[None]:
+        """Around a bus call to the model: `NoResponders` means no worker serves the alias."""
+        try:
+            yield
+        except NoResponders:
+            raise ModelNotFound(
+                f"no LLM worker serves model '{self.alias}'", details={"model": self.alias}
+            ) from None

@@ -2,7 +2,7 @@
 `await mesh.tools.call("time", "get_current_time", {"timezone": "UTC"})`.
 
 Tools are served by MCP workers (`agentmesh worker mcp`), one queue group per MCP server; the
-catalog of what is served now is in Redis (`await mesh.tools.list()`).
+catalog of what is served now is in the registry (`await mesh.tools.list()`).
 """
 
 from __future__ import annotations
@@ -14,16 +14,18 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from agentmesh.broker.bus import Bus
+from agentmesh.broker.registry import Registry
+from agentmesh.schemas.catalog import Catalog, CatalogTool
 from agentmesh.schemas.codec import pack, unpack
 from agentmesh.schemas.errors import (
-    AgentNotFound,
     InvalidMessage,
     MeshError,
+    NoResponders,
     ToolNotFound,
     Unavailable,
 )
+from agentmesh.schemas.service import ServiceKind
 from agentmesh.schemas.tools import ToolResult
-from agentmesh.workers.mcp.registry import Catalog, CatalogTool, ToolRegistry
 
 DEFAULT_TIMEOUT = 60.0
 # The bus waits this much longer than the tool's own timeout, so the worker's TIMEOUT (which
@@ -65,7 +67,7 @@ class Tools:
         body = pack({"tool": tool, "arguments": arguments or {}, "timeout": timeout})
         try:
             frame = await self.bus.request(subject, body, timeout=timeout + _MARGIN)
-        except AgentNotFound:
+        except NoResponders:
             raise await self._not_served(server) from None
         return ToolResult.from_mcp(unpack(frame.data))
 
@@ -87,10 +89,10 @@ class Tools:
 
     async def catalog(self) -> Catalog:
         """Every MCP server workers announce (up or down), with its tools."""
-        registry = ToolRegistry(
+        registry = Registry(
             await self._redis(), self.bus.subjects, timeout=self.bus.settings.heartbeat_timeout
         )
-        return await registry.catalog()
+        return Catalog.of(await registry.instances(ServiceKind.MCP_WORKER))
 
     async def list(self) -> list[CatalogTool]:
         """The tools callable now: `.server`, `.name`, `.tool` (the MCP Tool with its schema)."""

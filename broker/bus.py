@@ -37,11 +37,11 @@ from agentmesh.broker.types import (
 )
 from agentmesh.schemas.codec import decode
 from agentmesh.schemas.errors import (
-    AgentNotFound,
     ConnectionFailed,
     ErrorInfo,
     MeshError,
     MeshTimeout,
+    NoResponders,
     PayloadTooLarge,
     Unavailable,
     error_from_info,
@@ -130,7 +130,7 @@ class Bus:
         self._inbox_sub: Any = None
         self._watchdog: asyncio.Task[None] | None = None
         self._services: list[Any] = []
-        self.handled = 0  # requests served since the last take_handled(); see Heartbeat
+        self._retired_served = 0  # requests served by services that have stopped
         self._control: Any = None  # broker.service.Control, created with the first service
 
     # Connection ------------------------------------------------------------------------------
@@ -196,6 +196,20 @@ class Bus:
         await self.close()
 
     @property
+    def server_version(self) -> str:
+        """The connected NATS server's version."""
+        v = self.nc.connected_server_version
+        return f"{v.major}.{v.minor}.{v.patch}" + (f"-{v.prerelease}" if v.prerelease else "")
+
+    async def jetstream_enabled(self, *, timeout: float = 2.0) -> bool:
+        """Whether the server (and this account) has JetStream."""
+        try:
+            await self.nc.jetstream(timeout=timeout).account_info()
+        except (nats.errors.Error, TimeoutError, OSError):
+            return False
+        return True
+
+    @property
     def max_payload(self) -> int:
         return min(self.settings.max_message_bytes, self.nc.max_payload or 1 << 20)
 
@@ -240,7 +254,7 @@ class Bus:
     ) -> Frame:
         """Send one request and return its terminal `result` frame (chunks are skipped).
 
-        Raises the `MeshError` the responder sent, `AgentNotFound` when nobody serves
+        Raises the `MeshError` the responder sent, `NoResponders` at once when nobody serves
         `subject`, `MeshTimeout` at the deadline, `Unavailable` when the responder went silent.
         """
         call = await self._start(subject, data, headers, timeout, stream=False)
@@ -371,7 +385,7 @@ class Bus:
             if hdrs.get(_STATUS) == _NO_RESPONDERS:
                 call.ended = True
                 call.fail(
-                    AgentNotFound(
+                    NoResponders(
                         f"nothing is serving {call.subject} right now",
                         details={"subject": call.subject},
                     )
@@ -405,10 +419,26 @@ class Bus:
                     )
 
     # Serving ---------------------------------------------------------------------------------
-    def take_handled(self) -> int:
-        """Requests served since the last call; heartbeats add them to the mesh-wide count."""
-        n, self.handled = self.handled, 0
-        return n
+    @property
+    def services(self) -> list[Any]:
+        """The `Service`s this connection runs now (for load reports)."""
+        return list(self._services)
+
+    @property
+    def served(self) -> int:
+        """Requests this connection's services took since it connected."""
+        return self._retired_served + sum(s.served for s in self._services)
+
+    def remove_service(self, service: Any) -> None:
+        """Called by a `Service` that stopped: keep its count, forget it."""
+        if service in self._services:
+            self._services.remove(service)
+            self._retired_served += service.served
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Calls this connection made that have not ended yet."""
+        return len(self._calls)
 
     async def serve(
         self, subject: str, handler: Handler, *, queue: str, max_concurrency: int | None = None

@@ -114,25 +114,30 @@ class Service:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Any = None
+        self.served = 0  # requests taken since start (reported in the registry record)
 
     async def start(self) -> None:
         self._sub = await self.bus.nc.subscribe(self.subject, queue=self.queue, cb=self._on_request)
         await self.bus.nc.flush()  # the server knows the subscription before serve() returns
 
-    async def stop(self, *, timeout: float = 10.0) -> None:
-        """Take no new requests, then wait (bounded) for the calls in flight to finish."""
+    async def unsubscribe(self) -> None:
+        """Take no new requests (the calls in flight go on; `stop` waits for them)."""
         if self._sub is not None:
             sub, self._sub = self._sub, None
             try:
                 await sub.unsubscribe()
+                await self.bus.nc.flush()  # the server routes no new request here after this
             except nats.errors.Error:
                 pass
+
+    async def stop(self, *, timeout: float = 10.0) -> None:
+        """Take no new requests, then wait (bounded) for the calls in flight to finish."""
+        await self.unsubscribe()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:
                 task.cancel()
-        if self in self.bus._services:
-            self.bus._services.remove(self)
+        self.bus.remove_service(self)
 
     @property
     def in_flight(self) -> int:
@@ -176,7 +181,7 @@ class Service:
         task = loop.create_task(self._run(request))
         control.inflight[msg.reply] = task
         self._tasks.add(task)
-        self.bus.handled += 1
+        self.served += 1
         # A done-callback, not a `finally` in _run: a task cancelled before its first step
         # never runs its body, and its slot and table entry must be freed all the same.
         task.add_done_callback(lambda t, reply=msg.reply: self._done(t, reply))

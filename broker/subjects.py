@@ -122,6 +122,15 @@ class Subjects:
         """Presence changes: `<p>.presence.<agent_id>`; `None` gives the wildcard for watching."""
         return f"{self.prefix}.presence.{'*' if agent_id is None else validate_id(agent_id)}"
 
+    def service_events(self, kind: str | None = None, instance_id: str | None = None) -> str:
+        """Registry changes of any kind: `<p>.svc.<kind>.<instance_id>`; `None` is a wildcard.
+
+        `<p>.svc.>` watches every kind, `service_events("llm-worker")` one kind's instances.
+        """
+        k = "*" if kind is None else validate_id(kind, what="service kind")
+        i = "*" if instance_id is None else validate_id(instance_id, what="instance id")
+        return f"{self.prefix}.svc.{k}.{i}"
+
     # Redis keys ----------------------------------------------------------------------------
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))

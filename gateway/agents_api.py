@@ -8,8 +8,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-import agentmesh
-from agentmesh.agents.client import encode_request
+from agentmesh.agents.client import calling_agent, encode_request, not_online
 from agentmesh.broker.subjects import validate_id
 from agentmesh.gateway.auth import Principal, Scope, require
 from agentmesh.gateway.errors import error_body
@@ -19,13 +18,15 @@ from agentmesh.gateway.models import (
     ResultBody,
     SendRequest,
     SendResponse,
+    ServicesResponse,
     StatusResponse,
-    iso,
 )
 from agentmesh.gateway.state import GatewayState, get_state
 from agentmesh.schemas.codec import decode
-from agentmesh.schemas.envelope import Message, new_id
-from agentmesh.schemas.errors import AgentNotFound, ErrorCode
+from agentmesh.schemas.envelope import Message, iso_utc, new_id
+from agentmesh.schemas.errors import ErrorCode
+from agentmesh.schemas.service import summarize
+from agentmesh.schemas.version import __version__
 
 router = APIRouter()
 
@@ -36,7 +37,7 @@ async def list_agents(
     _: Principal = Depends(require(Scope.AGENTS_READ)),
 ) -> AgentsResponse:
     """All online agents of the mesh (SDK and WebSocket agents alike)."""
-    online = await state.registry.list()
+    online = await state.registry.agents()
     return AgentsResponse(
         agents=[AgentInfo.of(p) for p in sorted(online, key=lambda p: p.agent_id)]
     )
@@ -48,9 +49,9 @@ async def get_agent(
     state: GatewayState = Depends(get_state),
     _: Principal = Depends(require(Scope.AGENTS_READ)),
 ) -> AgentInfo:
-    found = await state.registry.get(validate_id(agent_id))
+    found = await state.registry.agent(validate_id(agent_id))
     if found is None:
-        raise AgentNotFound(f"agent '{agent_id}' is not online", details={"agent_id": agent_id})
+        raise not_online(agent_id)
     return AgentInfo.of(found)
 
 
@@ -84,23 +85,19 @@ async def send_message(
         conversation_id=body.conversation_id,
         metadata=None,
     )
-    try:
+    with calling_agent(body.to_agent_id):
         if body.wait:
             frame = await state.bus.request(subject, data, timeout=body.timeout)
             reply = decode(frame.data, Message)
             return SendResponse(
                 message_id=message.message_id,
                 status="completed",
-                timestamp=iso(time.time()),
+                timestamp=iso_utc(time.time()),
                 result=ResultBody.of(reply),
             )
         await state.bus.deliver(subject, data, timeout=body.timeout)
-    except AgentNotFound:
-        raise AgentNotFound(
-            f"agent '{body.to_agent_id}' is not online", details={"agent_id": body.to_agent_id}
-        ) from None
     return SendResponse(
-        message_id=message.message_id, status="delivered", timestamp=iso(time.time())
+        message_id=message.message_id, status="delivered", timestamp=iso_utc(time.time())
     )
 
 
@@ -109,12 +106,29 @@ async def status(
     state: GatewayState = Depends(get_state),
     _: Principal = Depends(require(Scope.AGENTS_READ)),
 ) -> StatusResponse:
+    """The seed's status fields, plus the mesh's services by kind."""
     return StatusResponse(
-        version=agentmesh.__version__,
+        version=__version__,
         uptime_seconds=int(time.time() - state.started_at),
-        connected_agents=await state.registry.count(),
+        connected_agents=await state.registry.agent_count(),
         total_messages=await state.registry.messages(),
+        services=summarize(await state.registry.instances()),
     )
+
+
+@router.get(
+    "/gateway/services",
+    response_model=ServicesResponse,
+    response_model_exclude_none=True,
+    tags=["status"],
+)
+async def services(
+    kind: str | None = None,
+    state: GatewayState = Depends(get_state),
+    _: Principal = Depends(require(Scope.AGENTS_READ)),
+) -> ServicesResponse:
+    """Every live service instance of the mesh (or of one `kind`), oldest first."""
+    return ServicesResponse(services=await state.registry.instances(kind))
 
 
 @router.get("/healthz", tags=["status"])

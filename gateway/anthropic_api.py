@@ -2,7 +2,7 @@
 
 A request is translated to the canonical (OpenAI-shaped) one and sent through the same seam as
 `/v1/chat/completions` (`openai_api.complete` / `start_stream`), so any alias works whatever its
-provider; the reply is translated back (`workers.llm.anthropic_format`, `anthropic_stream`).
+provider; the reply is translated back (`agentmesh.schemas.llm`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from agentmesh.gateway.errors import STATUS, anthropic_error
 from agentmesh.gateway.openai_api import complete, read_json_object, start_stream
 from agentmesh.gateway.state import GatewayState, get_state
 from agentmesh.schemas.errors import InvalidMessage, MeshError
-from agentmesh.workers.llm.anthropic_format import (
-    FormatError,
-    from_anthropic_request,
-    to_anthropic_message,
-)
-from agentmesh.workers.llm.anthropic_stream import Event, EventsFromChunks
+from agentmesh.schemas.llm.anthropic_blocks import FormatError
+from agentmesh.schemas.llm.anthropic_replies import to_anthropic_message
+from agentmesh.schemas.llm.anthropic_requests import from_anthropic_request
+from agentmesh.schemas.llm.anthropic_stream import Event, EventsFromChunks
 
 router = APIRouter(tags=["llm"])
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.routing import Route
 
-import agentmesh
-from agentmesh.broker.bus import Bus
-from agentmesh.broker.connections import connect_redis
-from agentmesh.broker.presence import PresenceRegistry
+from agentmesh.broker.lifecycle import MeshService
 from agentmesh.broker.ratelimit import RateLimiter
+from agentmesh.broker.registry import Registry
 from agentmesh.broker.settings import Settings
 from agentmesh.gateway import (
     agents_api,
@@ -29,12 +28,32 @@ from agentmesh.gateway import (
     webhooks,
     websocket,
 )
+from agentmesh.gateway.cors import LiveCORS
 from agentmesh.gateway.limits import BodyLimit
 from agentmesh.gateway.mcp_server import FederatedMCP
 from agentmesh.gateway.state import GatewayConfig, GatewayState
 from agentmesh.gateway.tools import ToolDirectory
+from agentmesh.schemas.service import ServiceKind
+from agentmesh.schemas.version import __version__
 
 logger = logging.getLogger(__name__)
+
+
+class GatewayService(MeshService):
+    """The replica's own registry entry: listed as a `gateway`, with its address and sockets."""
+
+    kind = ServiceKind.GATEWAY
+
+    def __init__(self, app: FastAPI) -> None:
+        super().__init__("gateway")
+        self.app = app
+
+    def detail(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sockets": len(websocket.sessions_of(self.app))}
+        listen = getattr(self.app.state, "listen", None)
+        if listen:
+            out["listen"] = listen
+        return out
 
 
 def create_app(settings: Settings | None = None, config: GatewayConfig | None = None) -> FastAPI:
@@ -44,21 +63,15 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = await connect_redis(settings)
-        try:
-            bus = await Bus.connect(settings, name="agentmesh-gateway")
-        except BaseException:
-            await redis.aclose()
-            raise
-        subjects = bus.subjects
+        service = GatewayService(app)
+        await service.start(settings)
+        bus, redis = service.bus, service.redis
         app.state.gateway = GatewayState(
             settings=settings,
             config=config,
             bus=bus,
             redis=redis,
-            registry=PresenceRegistry(
-                redis, subjects, heartbeat_timeout=settings.heartbeat_timeout
-            ),
+            registry=Registry(redis, bus.subjects, timeout=settings.heartbeat_timeout),
             limiter=RateLimiter(redis, prefix=settings.prefix),
             tools=ToolDirectory(bus, redis),
         )
@@ -71,12 +84,11 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             async with mcp.run(app.state.gateway):
                 yield
         finally:
-            await bus.close()
-            await redis.aclose()
+            await service.stop()
 
     app = FastAPI(
         title="AgentMesh gateway",
-        version=agentmesh.__version__,
+        version=__version__,
         description="HTTP, WebSocket and webhook ingress into an AgentMesh mesh.",
         lifespan=lifespan,
     )
@@ -91,5 +103,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.include_router(tools_api.router)
     # A route, not a mount: a mount answers "/mcp" with a redirect to "/mcp/".
     app.router.routes.append(Route("/mcp", endpoint=mcp))
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    # Both read the live config on every request: a reload changes `config` in place.
+    app.add_middleware(BodyLimit, config=config)
+    app.add_middleware(LiveCORS, config=config)  # outermost: preflights need no key or body
     return app

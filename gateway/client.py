@@ -19,8 +19,8 @@ import asyncio
 import inspect
 import json
 import logging
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,7 +29,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from agentmesh.broker.subjects import validate_id
-from agentmesh.schemas.envelope import new_id
+from agentmesh.schemas.envelope import iso_utc, new_id
 from agentmesh.schemas.errors import (
     ConnectionFailed,
     ErrorCode,
@@ -319,7 +319,7 @@ class GatewayClient:
         try:
             while True:
                 await asyncio.sleep(interval)
-                now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                now = iso_utc(time.time())
                 await ws.send(json.dumps({"type": "heartbeat", "timestamp": now}))
         except ConnectionClosed:
             pass

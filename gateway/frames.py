@@ -16,7 +16,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentmesh.broker.subjects import validate_id
-from agentmesh.gateway.models import iso
 from agentmesh.schemas.agent import AgentCard
 from agentmesh.schemas.envelope import (
     Chunk,
@@ -25,6 +24,7 @@ from agentmesh.schemas.envelope import (
     Message,
     Part,
     TextPart,
+    iso_utc,
     to_parts,
 )
 from agentmesh.schemas.errors import (
@@ -250,7 +250,7 @@ def message(msg: Message, *, stream: bool) -> dict[str, Any]:
         "conversation_id": msg.conversation_id,
         "content": parts_json(msg.content),
         "metadata": msg.metadata,
-        "timestamp": iso(msg.timestamp),
+        "timestamp": iso_utc(msg.timestamp),
         "stream": stream,
     }
 
@@ -275,7 +275,7 @@ def sent(message_id: str, timestamp: float) -> dict[str, Any]:
         "type": "sent",
         "message_id": message_id,
         "status": "delivered",
-        "timestamp": iso(timestamp),
+        "timestamp": iso_utc(timestamp),
     }
 
 
@@ -285,7 +285,7 @@ def cancel(message_id: str, reason: str) -> dict[str, Any]:
 
 
 def heartbeat_ack(timestamp: float) -> dict[str, Any]:
-    return {"type": "heartbeat_ack", "timestamp": iso(timestamp)}
+    return {"type": "heartbeat_ack", "timestamp": iso_utc(timestamp)}
 
 
 def error(exc: MeshError, *, message_id: str | None = None) -> dict[str, Any]:

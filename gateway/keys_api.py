@@ -4,7 +4,6 @@ LLM usage counted per key and model."""
 from __future__ import annotations
 
 import dataclasses
-import time
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
@@ -17,6 +16,7 @@ from agentmesh.gateway.keys import DEFAULT_SCOPES, MAX_NAME_LEN, KeyRecord, KeyS
 from agentmesh.gateway.llm_limits import settled
 from agentmesh.gateway.state import GatewayState, get_state
 from agentmesh.gateway.usage import Usage, UsageStore
+from agentmesh.schemas.envelope import iso_utc
 from agentmesh.schemas.errors import ErrorCode, InvalidMessage
 
 router = APIRouter(tags=["keys"])
@@ -61,7 +61,7 @@ class KeyInfo(BaseModel):
             rate_limit=None if record.rate_limit is None else str(record.rate_limit),
             token_limit=None if record.token_limit is None else str(record.token_limit),
             tools=None if record.tools is None else list(record.tools),
-            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created_at)),
+            created_at=iso_utc(record.created_at),
         )
 
 

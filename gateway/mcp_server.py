@@ -25,12 +25,12 @@ from mcp.shared.exceptions import MCPError
 from starlette.requests import HTTPConnection, Request
 from starlette.types import Receive, Scope, Send
 
-import agentmesh
 from agentmesh.gateway.auth import Principal, require
 from agentmesh.gateway.auth import Scope as KeyScope
 from agentmesh.gateway.errors import error_response
 from agentmesh.gateway.state import GatewayState, state_of
 from agentmesh.schemas.errors import Forbidden, InvalidMessage, MeshError, ToolError, ToolNotFound
+from agentmesh.schemas.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class FederatedMCP:
     def __init__(self) -> None:
         self.server: Server[Any] = Server(
             "agentmesh",
-            version=agentmesh.__version__,
+            version=__version__,
             instructions="Every tool of the AgentMesh mesh, named {server}_{tool}.",
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,

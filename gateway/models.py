@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from agentmesh.schemas.agent import Presence
-from agentmesh.schemas.envelope import Message, Part
-
-
-def iso(ts: float) -> str:
-    """Unix seconds as the seed's ISO 8601 form: 2026-03-04T12:00:00Z."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+from agentmesh.schemas.envelope import Message, Part, iso_utc
+from agentmesh.schemas.service import InvalidRecord, KindSummary, ServiceRecord
 
 
 class AgentInfo(BaseModel):
@@ -48,8 +43,8 @@ class AgentInfo(BaseModel):
                 }
             ),
             status=p.status.value,
-            last_heartbeat=iso(p.last_heartbeat),
-            connected_at=iso(p.connected_at),
+            last_heartbeat=iso_utc(p.last_heartbeat),
+            connected_at=iso_utc(p.connected_at),
             instances=len(p.instances),
         )
 
@@ -106,3 +101,14 @@ class StatusResponse(BaseModel):
     uptime_seconds: int
     connected_agents: int = Field(description="Agents online in the whole mesh.")
     total_messages: int = Field(description="Requests served in the whole mesh.")
+    services: dict[str, KindSummary] = Field(
+        default_factory=dict,
+        description="Live service instances of the mesh by kind (agent, gateway, llm-worker, "
+        "mcp-worker, ...): how many, their load, and what they serve. An extension of the seed.",
+    )
+
+
+class ServicesResponse(BaseModel):
+    """`GET /gateway/services`: every live instance of every kind; invalid records included."""
+
+    services: list[ServiceRecord | InvalidRecord]

@@ -22,7 +22,6 @@ from agentmesh.gateway.errors import STATUS
 from agentmesh.gateway.llm_limits import Meter
 from agentmesh.gateway.state import GatewayState, get_state
 from agentmesh.schemas.errors import InvalidMessage, MeshError
-from agentmesh.workers.llm.registry import ModelRegistry
 
 router = APIRouter(tags=["llm"])
 
@@ -152,14 +151,11 @@ async def list_models(
     _: Principal = Depends(require(Scope.AGENTS_READ)),
 ) -> dict[str, Any]:
     """The aliases that live LLM workers serve now."""
-    registry = ModelRegistry(
-        state.redis, state.bus.subjects, timeout=state.settings.heartbeat_timeout
-    )
     created = int(time.time())
     return {
         "object": "list",
         "data": [
             {"id": alias, "object": "model", "created": created, "owned_by": "agentmesh"}
-            for alias in await registry.list()
+            for alias in await state.registry.names("models")
         ],
     }

@@ -68,6 +68,7 @@ def make_server(
 ) -> AsgiServer:
     config = config or GatewayConfig.from_env()
     app = create_app(settings, config)
+    app.state.listen = f"{host}:{port}"  # for the replica's registry record
     return AsgiServer(
         uvicorn.Config(
             app,

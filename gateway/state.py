@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from starlette.requests import HTTPConnection
 
 from agentmesh.broker.bus import Bus
-from agentmesh.broker.presence import PresenceRegistry
 from agentmesh.broker.ratelimit import RateLimiter
+from agentmesh.broker.registry import Registry
 from agentmesh.broker.settings import Settings
+from agentmesh.gateway.cors import CORSPolicy
 
 if TYPE_CHECKING:
     from agentmesh.gateway.tools import ToolDirectory
@@ -25,6 +26,14 @@ class GatewayConfig:
     auth: bool = False  # AGENTMESH_AUTH=on: every call needs an API key
     max_body_bytes: int = 1024 * 1024  # HTTP bodies and WebSocket frames
     ws_idle_timeout: float | None = None  # default: the heartbeat timeout
+    cors: CORSPolicy | None = None  # none: no CORS headers
+
+    def apply(self, new: GatewayConfig) -> list[str]:
+        """Take `new`'s values in place (every holder sees them at once); the names changed."""
+        changed = [f.name for f in fields(self) if getattr(self, f.name) != getattr(new, f.name)]
+        for name in changed:
+            setattr(self, name, getattr(new, name))
+        return changed
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> GatewayConfig:
@@ -47,7 +56,7 @@ class GatewayState:
     config: GatewayConfig
     bus: Bus
     redis: aioredis.Redis
-    registry: PresenceRegistry
+    registry: Registry
     limiter: RateLimiter
     tools: ToolDirectory
     started_at: float = field(default_factory=time.time)

@@ -16,10 +16,12 @@ import redis.asyncio as aioredis
 
 from agentmesh.agents.tools import Tools
 from agentmesh.broker.bus import Bus
+from agentmesh.broker.registry import Registry
 from agentmesh.gateway.auth import Principal
+from agentmesh.schemas.catalog import Catalog, CatalogTool
 from agentmesh.schemas.errors import Forbidden
+from agentmesh.schemas.service import ServiceKind
 from agentmesh.schemas.tools import ToolResult
-from agentmesh.workers.mcp.registry import Catalog, CatalogTool, ToolRegistry
 
 CATALOG_TTL = 1.0
 
@@ -31,14 +33,14 @@ class ToolDirectory:
         self.bus = bus
         self.redis = redis
         self.ttl = ttl
-        self.registry = ToolRegistry(redis, bus.subjects, timeout=bus.settings.heartbeat_timeout)
+        self.registry = Registry(redis, bus.subjects, timeout=bus.settings.heartbeat_timeout)
         self._catalog = Catalog()
         self._federated: dict[str, CatalogTool] = {}
         self._read_at = -float("inf")
 
     async def catalog(self, *, fresh: bool = False) -> Catalog:
         if fresh or time.monotonic() - self._read_at > self.ttl:
-            catalog = await self.registry.catalog()
+            catalog = Catalog.of(await self.registry.instances(ServiceKind.MCP_WORKER))
             self._catalog, self._federated = catalog, catalog.federated()
             self._read_at = time.monotonic()
         return self._catalog

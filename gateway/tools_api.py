@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentmesh.gateway.auth import Principal, Scope, require
 from agentmesh.gateway.state import GatewayState, get_state
+from agentmesh.schemas.catalog import CatalogTool
 from agentmesh.schemas.errors import ToolError
-from agentmesh.workers.mcp.registry import CatalogTool
-from agentmesh.workers.mcp.worker import MAX_TIMEOUT
+from agentmesh.schemas.tools import MAX_TIMEOUT
 
 router = APIRouter(tags=["tools"])
 

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from agentmesh.agents.client import encode_request
+from agentmesh.agents.client import calling_agent, encode_request
 from agentmesh.gateway.errors import error_body
 from agentmesh.gateway.state import GatewayState, get_state
 from agentmesh.gateway.webhook_store import Claim, Webhook, WebhookStore, validate_delivery_id
@@ -156,7 +156,8 @@ async def _deliver(
         # nesting) still reaches the agent, as the text it was sent as.
         message.content = [TextPart(text=body.decode("utf-8", errors="replace"))]
         data = _encode(message, hook)
-    await state.bus.deliver(state.bus.subjects.agent(hook.agent_id), data)
+    with calling_agent(hook.agent_id):
+        await state.bus.deliver(state.bus.subjects.agent(hook.agent_id), data)
     return message.message_id
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,17 +22,18 @@ from fastapi import APIRouter, WebSocket
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
-from agentmesh.broker.presence import Heartbeat
+from agentmesh.agents.client import calling_agent
+from agentmesh.broker.announcer import Announcer
+from agentmesh.broker.lifecycle import HOST
 from agentmesh.broker.types import Request
 from agentmesh.gateway import frames
 from agentmesh.gateway.auth import Principal, Scope, require
 from agentmesh.gateway.frames import ChunkFrame, HeartbeatFrame, ResultFrame, SendFrame
 from agentmesh.gateway.state import GatewayState, state_of
-from agentmesh.schemas.agent import AgentCard, InstanceInfo
+from agentmesh.schemas.agent import AgentCard
 from agentmesh.schemas.codec import decode, encode
 from agentmesh.schemas.envelope import Chunk, Message, merge_text, new_id
 from agentmesh.schemas.errors import (
-    AgentNotFound,
     ErrorCode,
     InvalidMessage,
     MeshError,
@@ -41,6 +41,8 @@ from agentmesh.schemas.errors import (
     RateLimited,
     Unavailable,
 )
+from agentmesh.schemas.service import Load, Serves, ServiceKind, ServiceRecord
+from agentmesh.schemas.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +77,23 @@ async def connect(websocket: WebSocket) -> None:
         await _refuse(websocket, exc)
         return
     session = Session(websocket, state, card, principal)
+    live = sessions_of(websocket.app)
+    live.add(session)
     try:
         await session.run()
     except Exception:  # the top of one connection: log it, close, keep serving the others
         logger.exception("WebSocket session of agent %s failed", card.agent_id)
         await session.close(CLOSE_INTERNAL, "internal error")
+    finally:
+        live.discard(session)
+
+
+def sessions_of(app: Any) -> set[Session]:
+    """The agent sockets attached to this replica now."""
+    sessions = getattr(app.state, "ws_sessions", None)
+    if sessions is None:
+        sessions = app.state.ws_sessions = set()
+    return sessions
 
 
 async def _refuse(websocket: WebSocket, exc: MeshError) -> None:
@@ -121,18 +135,11 @@ class Session:
         self.agent_id = card.agent_id
         self.principal = principal
         self.subjects = state.bus.subjects
-        now = time.time()
-        self.instance = InstanceInfo(
-            instance_id=uuid.uuid4().hex[:16],
-            connected_at=now,
-            last_heartbeat=now,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            via="gateway",
-        )
+        self.instance_id = uuid.uuid4().hex[:16]
+        self.connected_at = time.time()
         settings = state.settings
-        self.heartbeat = Heartbeat(
-            state.registry, state.bus, card, self.instance, interval=settings.heartbeat_interval
+        self.heartbeat = Announcer(
+            state.registry, state.bus, self.record, interval=settings.heartbeat_interval
         )
         # Never longer than presence lasts: a connected agent is always an online one.
         idle = state.config.ws_idle_timeout or settings.heartbeat_timeout
@@ -162,9 +169,25 @@ class Session:
             pass
         logger.info("agent %s disconnected (instance %s)", self.agent_id, self.instance_id)
 
-    @property
-    def instance_id(self) -> str:
-        return self.instance.instance_id
+    def record(self) -> ServiceRecord:
+        """The socket's registry record: an agent instance attached via the gateway."""
+        service = self._service
+        return ServiceRecord(
+            kind=ServiceKind.AGENT,
+            service_id=self.agent_id,
+            instance_id=self.instance_id,
+            host=HOST,
+            pid=os.getpid(),
+            version=__version__,
+            started_at=self.connected_at,
+            via="gateway",
+            serves=Serves(agents=[self.agent_id]),
+            load=Load(
+                in_flight=service.in_flight if service else 0,
+                served=service.served if service else 0,
+            ),
+            card=self.card,
+        )
 
     async def _attach(self) -> bool:
         settings = self.state.settings
@@ -405,17 +428,13 @@ class Session:
         target = frame.to_agent_id
         try:
             try:
-                if frame.wait:
-                    reply_frame = await bus.request(subject, encode(message), timeout=frame.timeout)
-                    out = frames.result(decode(reply_frame.data, Message), message_id=mid)
-                else:
-                    await bus.deliver(subject, encode(message), timeout=frame.timeout)
-                    out = frames.sent(mid, time.time())
-            except AgentNotFound:
-                error = AgentNotFound(
-                    f"agent '{target}' is not online", details={"agent_id": target}
-                )
-                out = frames.error(error, message_id=mid)
+                with calling_agent(target):
+                    if frame.wait:
+                        reply = await bus.request(subject, encode(message), timeout=frame.timeout)
+                        out = frames.result(decode(reply.data, Message), message_id=mid)
+                    else:
+                        await bus.deliver(subject, encode(message), timeout=frame.timeout)
+                        out = frames.sent(mid, time.time())
             except MeshError as exc:
                 out = frames.error(exc, message_id=mid)
             await self.push(out)

@@ -27,6 +27,11 @@ def new_id(prefix: str = "msg") -> str:
     return f"{prefix}-{_ID_BASE}{next(_ID_COUNTER):x}"
 
 
+def iso_utc(ts: float) -> str:
+    """Unix seconds as the gateway seed's ISO 8601 form, in UTC: 2026-03-04T12:00:00Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
 class TextPart(BaseModel):
     type: Literal["text"] = "text"
     text: str

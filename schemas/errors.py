@@ -14,12 +14,15 @@ exception carries a stable `ErrorCode` and a human message.
     │   └── Forbidden            UNAUTHORIZED  (authenticated, not allowed: HTTP 403)
     ├── RateLimited              RATE_LIMIT
     ├── Unavailable              UNAVAILABLE
-    │   └── ConnectionFailed     UNAVAILABLE  (NATS or Redis cannot be reached)
+    │   ├── ConnectionFailed     UNAVAILABLE  (NATS or Redis cannot be reached)
+    │   └── NoResponders         UNAVAILABLE  (the bus: nothing subscribes the subject now)
     ├── Cancelled                CANCELLED
     └── RemoteError              INTERNAL (or any code a responder sent)
 
 A handler that raises a `MeshError` sends that code to the caller; any other exception becomes
 `INTERNAL`. On the caller's side an error frame is raised again as the matching class.
+`NoResponders` is the bus's own report and never travels: each caller maps it once, to what it
+means for that call (`AgentNotFound`, `ModelNotFound`, `ToolNotFound`, ...).
 """
 
 from __future__ import annotations
@@ -126,6 +129,15 @@ class Unavailable(MeshError):
 
 class ConnectionFailed(Unavailable):
     """NATS or Redis could not be reached; the message names the URL and how to start it."""
+
+
+class NoResponders(Unavailable):
+    """NATS answered "no responders": nothing subscribes the subject right now.
+
+    Raised by the bus at once (not at the deadline); `details["subject"]` names the subject.
+    Callers turn it into what it means for them: an agent that is not online, a model no worker
+    serves, an unknown tool server.
+    """
 
 
 class Cancelled(MeshError):

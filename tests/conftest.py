@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -122,3 +124,12 @@ async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     client = await connect_redis(settings)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def agentmesh_exe() -> str:
+    """The `agentmesh` console script, for tests that run it as a real process."""
+    found = shutil.which("agentmesh", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail(f"no agentmesh script next to {sys.executable}: pip install -e .")
+    return found

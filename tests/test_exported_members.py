@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import agentmesh
+from agentmesh.schemas import errors
 
 
 def test_all_is_the_pinned_sorted_list_of_exported_names() -> None:
@@ -17,6 +21,7 @@ def test_all_is_the_pinned_sorted_list_of_exported_names() -> None:
         "DataPart",
         "ErrorCode",
         "FilePart",
+        "Forbidden",
         "GatewayClient",
         "ImagePart",
         "InvalidId",
@@ -25,6 +30,8 @@ def test_all_is_the_pinned_sorted_list_of_exported_names() -> None:
         "MeshError",
         "MeshTimeout",
         "Message",
+        "ModelNotFound",
+        "NoResponders",
         "PayloadTooLarge",
         "Presence",
         "RateLimited",
@@ -53,3 +60,21 @@ def test_every_public_attribute_of_the_package_is_in_all() -> None:
         if not name.startswith("_") and not isinstance(value, type(agentmesh))
     }
     assert public - set(agentmesh.__all__) == set()
+
+
+def test_every_exception_of_the_errors_module_is_exported() -> None:
+    exceptions = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.MeshError)
+    }
+    assert exceptions - set(agentmesh.__all__) == set()
+
+
+def test_every_error_the_readme_names_is_exported() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    named = set(re.findall(r"`([A-Z][A-Za-z]+)`", readme))
+    # The mesh's names only: the README also names the OpenAI SDK's `APIError`, for one.
+    mesh_errors = {name for name in named if name in vars(errors)}
+    assert {"AgentNotFound", "MeshTimeout", "ModelNotFound"} <= mesh_errors
+    assert mesh_errors - set(agentmesh.__all__) == set()

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
@@ -57,6 +58,16 @@ def reasons(exc: ValidationError) -> str:
         what = error["msg"].removeprefix("Value error, ")
         out.append(f"{where}: {what}" if where else what)
     return "; ".join(out)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: what is wrong and where (its own spans several)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def read_config(path: Path) -> str:

@@ -154,7 +154,9 @@ async def test_status_exits_0_and_reports_jetstream_on_and_the_online_agent(
     assert "JetStream on" in result.out
     assert settings.nats_url in result.out
     assert settings.redis_url in result.out
-    assert f"agents 1 online, 1 instances (prefix {settings.prefix})" in result.out
+    agent_row = next(line for line in result.out.splitlines() if line.startswith("agent "))
+    assert "1 up" in agent_row and "agents: echo (1)" in agent_row
+    assert f"prefix {settings.prefix}: 1 agents online, 1 service instances" in result.out
 
 
 # servers down --------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from agentmesh.agents.client import MeshClient
+from agentmesh.broker.registry import Registry
 from agentmesh.broker.servers import free_port
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects
 from agentmesh.schemas.errors import ModelNotFound, ToolNotFound
-from agentmesh.workers.llm.registry import ModelRegistry
 from tests.agentmesh.test_cli import ROOT, run_cli
 from tests.mcp.fixtures import TIME
 
@@ -106,12 +106,12 @@ async def test_worker_llm_serves_its_models_until_a_signal_then_withdraws_them(
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
-    registry = ModelRegistry(redis, Subjects(settings.prefix), timeout=settings.heartbeat_timeout)
+    registry = Registry(redis, Subjects(settings.prefix), timeout=settings.heartbeat_timeout)
     try:
         async with asyncio.timeout(30):
             while b"serving" not in (line := await proc.stderr.readline()):
                 assert line, "the worker exited before serving"
-        assert await registry.list() == ["echo", "my.echo-1.0"]
+        assert await registry.names("models") == ["echo", "my.echo-1.0"]
         reply = await mesh.llm("my.echo-1.0").chat(HELLO)
         assert reply["choices"][0]["message"]["content"] == "hello worker"
 
@@ -125,7 +125,7 @@ async def test_worker_llm_serves_its_models_until_a_signal_then_withdraws_them(
             await proc.wait()
     assert code == 0, rest
     assert b"Traceback" not in rest
-    assert await registry.list() == []
+    assert await registry.names("models") == []
     with pytest.raises(ModelNotFound):
         await mesh.llm("echo").chat(HELLO)
 

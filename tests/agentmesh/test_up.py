@@ -246,6 +246,18 @@ def test_the_banner_gives_both_urls_the_echo_agent_and_how_to_attach_an_agent(
     assert "warning" not in banner
 
 
+def test_the_banner_of_a_mesh_off_the_default_ports_gives_the_exports_that_reach_it(
+    agentmesh_exe: str, mesh: Mesh
+) -> None:
+    exports = dict(re.findall(r"^ *export (AGENTMESH_\w+)=(\S+)$", mesh.up.output, re.MULTILINE))
+    assert exports == {
+        "AGENTMESH_NATS_URL": f"nats://127.0.0.1:{mesh.nats_port}",
+        "AGENTMESH_REDIS_URL": f"redis://127.0.0.1:{mesh.redis_port}/0",
+    }
+    result = send(agentmesh_exe, clean_env(**exports), "echo", "hi")
+    assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
+
+
 def test_the_echo_model_of_up_answers_through_its_gateways_openai_api(mesh: Mesh) -> None:
     gateway = f"http://127.0.0.1:{mesh.gateway_port}"
     reply = httpx.post(

@@ -1,12 +1,16 @@
-"""The bus itself: calls cancelled at every moment leave nothing running and no slot taken."""
+"""The bus itself: calls cancelled at every moment leave nothing running and no slot taken;
+a call nobody serves fails at once with `NoResponders`."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from agentmesh.broker.bus import Bus
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.types import Request
+from agentmesh.schemas.errors import ErrorCode, NoResponders
 
 
 async def test_calls_cancelled_at_any_moment_leave_no_handler_running_and_no_slot_taken(
@@ -41,3 +45,21 @@ async def test_calls_cancelled_at_any_moment_leave_no_handler_running_and_no_slo
                 await asyncio.sleep(0.01)
             # Only 4 slots: one leaked slot per lost cancel would block this call.
             assert (await caller.request(subject, b"ping")).data == b"pong"
+
+
+async def test_a_call_nobody_serves_raises_no_responders_at_once_for_every_kind_of_call(
+    settings: Settings,
+) -> None:
+    subject = f"{settings.prefix}.agent.nobody"
+    async with await Bus.connect(settings) as caller:
+        # The deadline is far away: the error comes from NATS's "no responders", not a timeout.
+        async with asyncio.timeout(5):
+            with pytest.raises(NoResponders) as err:
+                await caller.request(subject, b"x", timeout=60)
+            assert err.value.code is ErrorCode.UNAVAILABLE
+            assert err.value.details == {"subject": subject}
+            with pytest.raises(NoResponders):
+                await caller.deliver(subject, b"x", timeout=60)
+            with pytest.raises(NoResponders):
+                async for _ in caller.stream(subject, b"x", timeout=60):
+                    pass

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import time
 
 import httpx
+import redis.asyncio as aioredis
 
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.context import Context
+from agentmesh.broker.registry import HEARTBEAT_SCRIPT
 from agentmesh.broker.settings import Settings
 from agentmesh.schemas.envelope import Message
+from tests.agentmesh.test_cli import run_cli
 from tests.conftest import StartAgent
-from tests.gateway.conftest import StartGateway
+from tests.gateway.conftest import Replica, StartGateway
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
@@ -240,3 +245,54 @@ async def test_file_bytes_travel_as_base64_in_json_and_as_binary_on_the_bus(
     assert r.status_code == 200, r.text
     assert seen == [raw]
     assert r.json()["result"]["content"][0]["bytes"] == encoded
+
+
+async def test_one_invalid_registry_record_never_takes_the_listings_down(
+    http: httpx.AsyncClient,
+    start_agent: StartAgent,
+    redis: aioredis.Redis,
+    settings: Settings,
+    agentmesh_exe: str,
+    env_for: dict[str, str],
+) -> None:
+    await start_agent(research_agent())
+    # A Node agent written from PROTOCOL.md that sent its card's owner as a string.
+    record = {
+        "kind": "agent",
+        "service_id": "node-agent",
+        "instance_id": "node1",
+        "started_at": time.time(),
+        "serves": {"agents": ["node-agent"]},
+        "card": {"agent_id": "node-agent", "owner": "alice"},
+    }
+    await redis.eval(HEARTBEAT_SCRIPT, 0, settings.prefix, "node1", json.dumps(record), 60_000)
+    r = await http.get("/gateway/agents")
+    assert r.status_code == 200
+    assert [a["agent_id"] for a in r.json()["agents"]] == ["agent-001"]
+    assert (await http.get("/gateway/agents/node-agent")).status_code == 404
+    listed = (await http.get("/gateway/services")).json()["services"]
+    invalid = [s for s in listed if s["kind"] == "invalid"]
+    assert [s["instance_id"] for s in invalid] == ["node1"]
+    assert "card.owner" in invalid[0]["error"] and invalid[0]["key"].endswith(":svc:node1")
+    status = (await http.get("/gateway/status")).json()
+    assert status["connected_agents"] >= 1 and status["services"]["invalid"]["instances"] == 1
+    for args, shown in ((["agents"], "agent-001"), (["ps"], "invalid"), (["status"], "invalid")):
+        # The record's heartbeat must stay fresh: the tests' heartbeat timeout is a second.
+        await redis.eval(HEARTBEAT_SCRIPT, 0, settings.prefix, "node1", json.dumps(record), 60_000)
+        result = await run_cli(agentmesh_exe, *args, env=env_for)
+        assert result.code == 0 and "Traceback" not in result.err, result.err
+        assert shown in result.out
+
+
+async def test_services_lists_the_gateway_and_agents_with_their_load(
+    http: httpx.AsyncClient, start_agent: StartAgent, gateway: Replica
+) -> None:
+    await start_agent(research_agent())
+    listed = (await http.get("/gateway/services")).json()["services"]
+    by_kind = {s["kind"]: s for s in listed}
+    assert by_kind["gateway"]["detail"]["listen"] == f"127.0.0.1:{gateway.port}"
+    assert by_kind["agent"]["serves"]["agents"] == ["agent-001"]
+    assert by_kind["agent"]["card"]["agent_id"] == "agent-001"
+    assert set(by_kind["agent"]["load"]) == {"in_flight", "served"}
+    only = (await http.get("/gateway/services", params={"kind": "gateway"})).json()["services"]
+    assert [s["kind"] for s in only] == ["gateway"]

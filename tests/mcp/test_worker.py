@@ -7,7 +7,7 @@ import pytest
 
 from agentmesh.broker.bus import Bus
 from agentmesh.schemas.codec import pack, unpack
-from agentmesh.schemas.errors import AgentNotFound, InvalidMessage, ToolError, ToolNotFound
+from agentmesh.schemas.errors import InvalidMessage, NoResponders, ToolError, ToolNotFound
 from tests.mcp.fixtures import DEMO_STDIO, TIME, DemoHTTP
 
 
@@ -77,7 +77,7 @@ async def test_tool_errors_and_bad_requests_leave_the_worker_serving(start_mcp_w
     ):
         with pytest.raises(InvalidMessage):
             await call(mesh.bus, "demo", bad)
-    with pytest.raises(AgentNotFound):
+    with pytest.raises(NoResponders):
         await call(mesh.bus, "nobody", {"tool": "x"})
     ok = await call(mesh.bus, "demo", {"tool": "echo", "arguments": {"text": "still here"}})
     assert ok["content"][0]["text"] == "still here"

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agentmesh.workers.config import ConfigError, read_config, validate_config
+from agentmesh.workers.config import ConfigError, read_config, validate_config, yaml_problem
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -87,7 +87,7 @@ class LLMConfig(BaseModel):
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
+            raise ConfigError(f"{path} is not valid YAML: {yaml_problem(exc)}") from None
         return cls.parse(raw, source=str(path), environ=environ)
 
     @classmethod
@@ -98,13 +98,3 @@ class LLMConfig(BaseModel):
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's message on one line: what is wrong and where (its own spans several)."""
-    problem = getattr(exc, "problem", None)
-    mark = getattr(exc, "problem_mark", None)
-    if not problem:
-        return " ".join(str(exc).split())
-    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-    return f"{problem}{where}"

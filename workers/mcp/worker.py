@@ -10,82 +10,61 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from agentmesh.broker.bus import Bus
-from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.lifecycle import MeshService
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.types import Request
-from agentmesh.schemas.codec import pack, unpack
-from agentmesh.schemas.errors import InvalidMessage
+from agentmesh.schemas.codec import pack
+from agentmesh.schemas.service import Serves, ServiceKind
+from agentmesh.schemas.tools import parse_call
 from agentmesh.workers.mcp.config import MCPConfig
-from agentmesh.workers.mcp.registry import ToolRegistry
 from agentmesh.workers.mcp.upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
-MAX_TIMEOUT = 3600.0
 
+class MCPWorker(MeshService):
+    """Serves the tools of an `MCPConfig`'s servers; in the registry as kind `mcp-worker`, with
+    its servers and their tools in the record's `detail.servers` (the mesh's tool catalog).
 
-def parse_call(data: bytes) -> tuple[str, dict[str, Any], float | None]:
-    """(tool, arguments, timeout) of a tool-call request; `InvalidMessage` if malformed."""
-    body = unpack(data)
-    if not isinstance(body, dict):
-        raise InvalidMessage("a tool call must be a map with 'tool' and 'arguments'")
-    tool = body.get("tool")
-    if not isinstance(tool, str) or not tool:
-        raise InvalidMessage("'tool' must be a non-empty string", details={"field": "tool"})
-    arguments = body.get("arguments")
-    if arguments is None:
-        arguments = {}
-    if not isinstance(arguments, dict):
-        raise InvalidMessage("'arguments' must be a map", details={"field": "arguments"})
-    timeout = body.get("timeout")
-    if timeout is not None:
-        ok = isinstance(timeout, int | float) and not isinstance(timeout, bool)
-        if not ok or not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
-            raise InvalidMessage(
-                f"'timeout' must be a number of seconds in (0, {MAX_TIMEOUT:g}]",
-                details={"field": "timeout"},
-            )
-    return tool, arguments, timeout
+    Args:
+        config: the MCP servers.
+        name: the worker's service name in the registry (several workers may share one).
+    """
 
+    kind = ServiceKind.MCP_WORKER
 
-class MCPWorker:
-    def __init__(self, config: MCPConfig) -> None:
+    def __init__(self, config: MCPConfig, *, name: str = "mcp-worker") -> None:
+        super().__init__(name)
         self.config = config
-        self.worker_id = uuid.uuid4().hex[:16]
         self.upstreams: dict[str, Upstream] = {}
-        self._bus: Bus | None = None
-        self._redis: Any = None
-        self._registry: ToolRegistry | None = None
         self._services: dict[str, Any] = {}
         self._lock = asyncio.Lock()
-        self._beat: asyncio.Task[None] | None = None
         self._state_changed = asyncio.Event()
 
-    async def start(self, settings: Settings | None = None) -> None:
-        settings = settings or Settings.from_env()
-        self._redis = await connect_redis(settings)
-        self._bus = await Bus.connect(
-            settings, name="agentmesh-mcp-worker", instance_id=self.worker_id
-        )
-        self._registry = ToolRegistry(
-            self._redis, self._bus.subjects, timeout=settings.heartbeat_timeout
-        )
+    @property
+    def worker_id(self) -> str | None:
+        """This worker's instance id (while it runs)."""
+        return self.instance_id
+
+    def serves(self) -> Serves:
+        return Serves(tools=sorted(n for n, u in self.upstreams.items() if u.state == "up"))
+
+    def detail(self) -> dict[str, Any]:
+        return {"servers": {name: u.info() for name, u in self.upstreams.items()}}
+
+    async def on_start(self) -> None:
+        interval = self.bus.settings.heartbeat_interval
         for server in self.config.servers:
-            upstream = Upstream(server, self._changed, ping_interval=settings.heartbeat_interval)
-            self.upstreams[server.name] = upstream
-        await self._announce()
+            self.upstreams[server.name] = Upstream(server, self._changed, ping_interval=interval)
+
+    async def start(self, settings: Settings | None = None) -> None:
+        await super().start(settings)  # announced (every server down) before any connects
         for upstream in self.upstreams.values():
             upstream.start()
-        self._beat = asyncio.get_running_loop().create_task(self._heartbeat(settings))
-        logger.info("MCP worker %s for %s", self.worker_id, ", ".join(self.upstreams))
+        logger.info("MCP worker %s for %s", self.instance_id, ", ".join(self.upstreams))
 
     async def wait_up(self, timeout: float = 30.0) -> None:
         """Wait until every server is up (for tests and `agentmesh up`).
@@ -114,6 +93,8 @@ class MCPWorker:
         assert self._bus is not None
         async with self._lock:
             name = upstream.name
+            if self.upstreams.get(name) is not upstream:
+                return  # removed or replaced by `apply`: its late news is not ours to act on
             if upstream.state == "up" and name not in self._services:
                 subject = self._bus.subjects.tool(name)
                 self._services[name] = await self._bus.serve(
@@ -135,40 +116,50 @@ class MCPWorker:
         return handle
 
     async def _announce(self) -> None:
-        if self._registry is None:
-            return
-        servers = {name: u.info() for name, u in self.upstreams.items()}
-        try:
-            await self._registry.announce(self.worker_id, servers)
-        except (RedisError, OSError) as exc:
-            logger.warning("could not announce MCP servers (%s); retrying", exc)
+        """Re-announce now: a server's state or tools changed."""
+        self.announce_now()
 
-    async def _heartbeat(self, settings: Settings) -> None:
-        while True:
-            await asyncio.sleep(settings.heartbeat_interval)
-            await self._announce()
+    async def apply(self, config: MCPConfig) -> None:
+        """Serve `config` from now on: start added servers, stop removed ones, restart changed ones.
 
-    async def stop(self) -> None:
+        A removed or changed server first leaves its queue group, then the calls in flight on it
+        finish (bounded), then its session closes. A changed server is unserved while its new
+        session connects, usually well under a second; other workers' copies take those calls.
+        """
+        assert self._bus is not None, "apply() needs a started worker"
+        wanted = {s.name: s for s in config.servers}
+        gone: list[tuple[Upstream, Any]] = []
+        async with self._lock:
+            for name, upstream in list(self.upstreams.items()):
+                if wanted.get(name) != upstream.config:
+                    del self.upstreams[name]
+                    gone.append((upstream, self._services.pop(name, None)))
+        for upstream, service in gone:
+            if service is not None:
+                await service.stop()  # leaves the queue group, lets calls in flight finish
+            await upstream.stop()
+            why = "changed, restarting it" if upstream.name in wanted else "removed"
+            logger.info("stopped MCP server %s (%s)", upstream.name, why)
+        interval = self._bus.settings.heartbeat_interval
+        added = []
+        async with self._lock:
+            for name, server in wanted.items():
+                if name not in self.upstreams:
+                    self.upstreams[name] = Upstream(server, self._changed, ping_interval=interval)
+                    added.append(self.upstreams[name])
+        self.config = config
+        await self._announce()
+        for upstream in added:
+            upstream.start()
+        self._state_changed.set()
+
+    async def on_stop(self) -> None:
         """Take no new calls, let those in flight finish, close the sessions (stopping stdio
-        servers), withdraw the catalog, disconnect."""
-        if self._beat is not None:
-            self._beat.cancel()
-            self._beat = None
+        servers); the registry entry is already withdrawn."""
         async with self._lock:
             services, self._services = list(self._services.values()), {}
         for service in services:
             await service.stop()
         for upstream in self.upstreams.values():
             await upstream.stop()
-        if self._registry is not None:
-            try:
-                await self._registry.withdraw(self.worker_id)
-            except (RedisError, OSError) as exc:
-                logger.warning("could not withdraw MCP servers (%s)", exc)
-            self._registry = None
-        if self._bus is not None:
-            await self._bus.close()
-            self._bus = None
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
+        self.upstreams = {}

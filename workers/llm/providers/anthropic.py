@@ -7,13 +7,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from agentmesh.workers.llm.anthropic_format import (
-    ANTHROPIC_VERSION,
-    FormatError,
-    from_anthropic_message,
-    to_anthropic_request,
-)
-from agentmesh.workers.llm.anthropic_stream import ChunksFromEvents
+from agentmesh.schemas.llm.anthropic_blocks import FormatError
+from agentmesh.schemas.llm.anthropic_replies import from_anthropic_message
+from agentmesh.schemas.llm.anthropic_requests import ANTHROPIC_VERSION, to_anthropic_request
+from agentmesh.schemas.llm.anthropic_stream import ChunksFromEvents
 from agentmesh.workers.llm.config import Deployment
 from agentmesh.workers.llm.providers.base import (
     Body,

@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from agentmesh.workers.llm.anthropic_format import (
+from agentmesh.schemas.llm.anthropic_blocks import Body
+from agentmesh.schemas.llm.anthropic_replies import (
     FINISH_REASONS,
     STOP_REASONS,
-    Body,
     message_id,
     usage_to_anthropic,
     usage_to_openai,

@@ -1,25 +1,17 @@
-"""The mesh's tool catalog: every MCP worker announces its servers and their tools in Redis.
+"""The mesh's tool catalog, merged from the MCP workers' registry records.
 
-p:mcp:workers          ZSET worker id → its last announcement (Unix seconds)
-p:mcp:worker:<id>      STRING JSON {server name: {state, transport, tools, error, restarts}},
-                       expiring after two heartbeat timeouts
-
-A worker announces on every change (connected, lost, tools changed) and every heartbeat. Readers
-merge the announcements of live workers: a server is `up` while any worker has it up, and its
-tools are taken from one of those workers.
+Each MCP worker announces its servers in its record's `detail.servers`:
+`{server name: {state, transport, tools, error, restarts}}`. A server is `up` while any live
+worker has it up, and its tools are taken from one of those workers.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from agentmesh.broker.subjects import Subjects
+from agentmesh.schemas.service import InvalidRecord, ServiceKind, ServiceRecord
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +45,21 @@ class CatalogServer:
 class Catalog:
     servers: dict[str, CatalogServer] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, records: list[ServiceRecord | InvalidRecord]) -> Catalog:
+        """The catalog announced by the live MCP workers among `records`."""
+        catalog = cls()
+        for record in records:
+            if not isinstance(record, ServiceRecord) or record.kind != ServiceKind.MCP_WORKER:
+                continue
+            servers = record.detail.get("servers")
+            if not isinstance(servers, dict):
+                continue
+            for name, info in servers.items():
+                if isinstance(name, str) and isinstance(info, dict):
+                    _merge(catalog, name, info)
+        return catalog
+
     def tools(self) -> list[CatalogTool]:
         """Every tool of every server that is up, by server then tool name."""
         return [
@@ -80,54 +87,16 @@ class Catalog:
         return out
 
 
-class ToolRegistry:
-    def __init__(self, redis: aioredis.Redis, subjects: Subjects, *, timeout: float) -> None:
-        self.redis = redis
-        self.subjects = subjects
-        self.timeout = timeout
-        self._workers = subjects.key("mcp", "workers")
-
-    def _worker(self, worker_id: str) -> str:
-        return self.subjects.key("mcp", "worker", worker_id)
-
-    async def announce(self, worker_id: str, servers: dict[str, dict[str, Any]]) -> None:
-        ttl = int(self.timeout * 2 * 1000)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._worker(worker_id), json.dumps(servers), px=ttl)
-            pipe.zadd(self._workers, {worker_id: time.time()})
-            pipe.pexpire(self._workers, ttl)
-            await pipe.execute()
-
-    async def withdraw(self, worker_id: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._worker(worker_id))
-            pipe.zrem(self._workers, worker_id)
-            await pipe.execute()
-
-    async def catalog(self) -> Catalog:
-        cutoff = time.time() - self.timeout
-        ids = sorted(await self.redis.zrangebyscore(self._workers, f"({cutoff}", "+inf"))
-        if not ids:
-            return Catalog()
-        blobs = await self.redis.mget([self._worker(i.decode()) for i in ids])
-        catalog = Catalog()
-        for blob in blobs:
-            if blob is None:
-                continue  # withdrawn or expired between the two reads
-            try:
-                announced = json.loads(blob)
-            except ValueError:
-                continue
-            for name, info in announced.items():
-                _merge(catalog, name, info)
-        return catalog
-
-
 def _merge(catalog: Catalog, name: str, info: dict[str, Any]) -> None:
     entry = catalog.servers.setdefault(name, CatalogServer(name=name, state="down"))
     if info.get("state") == "up":
         if entry.state != "up":
-            entry.tools = list(info.get("tools") or [])
+            tools = info.get("tools")
+            entry.tools = [
+                t
+                for t in (tools if isinstance(tools, list) else [])
+                if isinstance(t, dict) and isinstance(t.get("name"), str)
+            ]
             entry.error = None
         entry.state = "up"
         entry.workers += 1

@@ -1,0 +1,54 @@
+"""The `gateway` section of the mesh file: where a replica listens and the options it applies live.
+
+gateway:
+  host: 127.0.0.1          # needs a restart to change
+  port: 8001               # needs a restart to change
+  auth: true               # every call needs an API key
+  max_body_bytes: 1048576  # HTTP bodies and WebSocket frames
+  ws_idle_timeout: 60      # seconds without a frame before a WebSocket agent is closed
+  cors:
+    allow_origins: ["https://app.example.com"]
+    allow_credentials: true
+
+A field the section leaves out keeps its value from the environment (`AGENTMESH_AUTH`,
+`AGENTMESH_GATEWAY_*`) or its default, so a file never turns auth off by not mentioning it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentmesh.gateway.cors import CORSPolicy
+from agentmesh.gateway.state import GatewayConfig
+
+DEFAULT_PORT = 8001
+RESTART_FIELDS = ("host", "port")  # a running replica cannot move; the rest applies live
+
+
+class GatewaySection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 for all).")
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="Port to listen on.")
+    auth: bool = Field(False, description="Every call needs an API key (`agentmesh keys`).")
+    max_body_bytes: int = Field(
+        1024 * 1024, gt=0, description="Largest HTTP body and WebSocket frame, in bytes."
+    )
+    ws_idle_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds without a frame before a WebSocket agent is closed "
+        "(default: the heartbeat timeout).",
+    )
+    cors: CORSPolicy | None = Field(None, description="CORS for browsers; none: no CORS headers.")
+
+    def to_config(self, base: GatewayConfig) -> GatewayConfig:
+        """`base` (from the environment) with the options this section sets."""
+        live = {"auth", "max_body_bytes", "ws_idle_timeout", "cors"}
+        changes: dict[str, Any] = {
+            name: getattr(self, name) for name in self.model_fields_set & live
+        }
+        return replace(base, **changes)
