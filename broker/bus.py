@@ -131,6 +131,7 @@ class Bus:
         self._watchdog: asyncio.Task[None] | None = None
         self._services: list[Any] = []
         self._retired_served = 0  # requests served by services that have stopped
+        self.calls_made = 0  # requests this connection sent (request, deliver, stream)
         self._control: Any = None  # broker.service.Control, created with the first service
 
     # Connection ------------------------------------------------------------------------------
@@ -333,6 +334,7 @@ class Bus:
             propagate.inject(hdrs, context=trace.set_span_in_context(call.span))
         call.timer = asyncio.get_running_loop().call_later(timeout, call.time_out, timeout)
         self._calls[token] = call
+        self.calls_made += 1
         try:
             await self.nc.publish(subject, data, reply=call.reply, headers=hdrs or None)
         except BaseException as exc:

@@ -71,6 +71,13 @@ class MeshService:
     def detail(self) -> dict[str, Any]:
         return {}
 
+    def load(self) -> Load:
+        """Calls running in this instance's served subjects now, and taken since it started."""
+        bus = self._bus
+        if bus is None:
+            return Load()
+        return Load(in_flight=sum(s.in_flight for s in bus.services), served=bus.served)
+
     # Lifecycle -----------------------------------------------------------------------------
     @property
     def running(self) -> bool:
@@ -154,8 +161,6 @@ class MeshService:
 
     def record(self) -> ServiceRecord:
         """The registry record as of now."""
-        bus = self._bus
-        services = bus.services if bus is not None else []
         return ServiceRecord(
             kind=self.kind,
             service_id=self.service_id,
@@ -165,10 +170,7 @@ class MeshService:
             version=__version__,
             started_at=self.started_at,
             serves=self.serves(),
-            load=Load(
-                in_flight=sum(s.in_flight for s in services),
-                served=bus.served if bus is not None else 0,
-            ),
+            load=self.load(),
             card=self.card(),
             detail=self.detail(),
         )

@@ -33,7 +33,7 @@ from agentmesh.gateway.limits import BodyLimit
 from agentmesh.gateway.mcp_server import FederatedMCP
 from agentmesh.gateway.state import GatewayConfig, GatewayState
 from agentmesh.gateway.tools import ToolDirectory
-from agentmesh.schemas.service import ServiceKind
+from agentmesh.schemas.service import Load, ServiceKind
 from agentmesh.schemas.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ class GatewayService(MeshService):
     def __init__(self, app: FastAPI) -> None:
         super().__init__("gateway")
         self.app = app
+
+    def load(self) -> Load:
+        """Calls this replica relays into the mesh (HTTP, webhooks, sockets' own sends)."""
+        return Load(in_flight=self.bus.calls_in_flight, served=self.bus.calls_made)
 
     def detail(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sockets": len(websocket.sessions_of(self.app))}

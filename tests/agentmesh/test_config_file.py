@@ -232,3 +232,42 @@ async def test_up_f_runs_the_seeds_agentgateway_config_unchanged(
         await upstream.stop()
     assert up.proc.returncode == 0, log
     assert "Traceback" not in log
+
+
+async def test_up_f_applies_an_edit_to_every_part_it_runs_and_refuses_a_bad_one(
+    agentmesh_exe: str, tmp_path: Path
+) -> None:
+    """One `up -f` process: an edit adds a model and lowers the gateway's body limit, live."""
+    nats_port, redis_port, gateway_port = free_ports(3)
+    servers = (
+        f"servers: {{nats_port: {nats_port}, redis_port: {redis_port}, "
+        f"data_dir: {json.dumps(str(tmp_path / 'mesh'))}}}\n"
+        f"gateway: {{port: {gateway_port}}}\n"
+    )
+    path = write(tmp_path / "mesh.yaml", servers + ONE_MODEL)
+    url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+
+    async def chat(http: httpx.AsyncClient, model: str, text: str = "hi") -> httpx.Response:
+        messages = [{"role": "user", "content": text}]
+        return await http.post(url, json={"model": model, "messages": messages})
+
+    async with agentmesh(agentmesh_exe, clean_env(), "up", "-f", path, merged=True) as up:
+        await up.wait_for("Ctrl-C stops everything")
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await chat(http, "echo")).status_code == 200
+            assert (await chat(http, "echo.two")).status_code == 404
+
+            limit = f"gateway: {{port: {gateway_port}, max_body_bytes: 2000}}"
+            limited = servers.replace(f"gateway: {{port: {gateway_port}}}", limit)
+            write(tmp_path / "mesh.yaml", limited + TWO_MODELS)
+            await up.wait_for("applied the new version")
+            assert (await chat(http, "echo.two")).status_code == 200
+            assert (await chat(http, "echo", "x" * 5000)).status_code == 413
+
+            write(tmp_path / "mesh.yaml", limited + TWO_MODELS + "  - name: bad\n")
+            refused = await up.wait_for("refused the new version")
+            assert "models" in refused
+            assert (await chat(http, "echo.two")).status_code == 200  # still in force
+        log = await up.stop()
+    assert up.proc.returncode == 0, log
+    assert "Traceback" not in log

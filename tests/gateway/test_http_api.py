@@ -296,3 +296,14 @@ async def test_services_lists_the_gateway_and_agents_with_their_load(
     assert set(by_kind["agent"]["load"]) == {"in_flight", "served"}
     only = (await http.get("/gateway/services", params={"kind": "gateway"})).json()["services"]
     assert [s["kind"] for s in only] == ["gateway"]
+    body = {"to_agent_id": "agent-001", "wait": True, "content": [{"type": "text", "text": "x"}]}
+    assert (await http.post("/gateway/send", json=body)).status_code == 200
+    async with asyncio.timeout(5):
+        while True:  # the load reaches the registry with each instance's next heartbeat
+            listed = (await http.get("/gateway/services")).json()["services"]
+            by_kind = {s["kind"]: s for s in listed}
+            if by_kind["gateway"]["load"]["served"] and by_kind["agent"]["load"]["served"]:
+                break
+            await asyncio.sleep(0.05)
+    assert by_kind["gateway"]["load"]["served"] == 1  # the call it relayed
+    assert by_kind["agent"]["load"]["served"] == 1  # the call it answered
