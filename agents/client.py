@@ -149,7 +149,7 @@ class MeshClient:
     @property
     def tools(self) -> Tools:
         """MCP tools served by tool workers: `await mesh.tools.call("time", "get_current_time")`."""
-        return Tools(self.bus, self.redis)
+        return Tools(self.bus, self.registry)
 
     def llm(self, alias: str) -> LLM:
         """A model alias served by LLM workers: `await mesh.llm("gpt-4.1-mini").chat(msgs)`."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from agentmesh.broker.bus import Bus
@@ -36,9 +35,9 @@ _MARGIN = 2.0
 class Tools:
     """The mesh's MCP tools. Get it as `MeshClient.tools` or `ctx.tools`."""
 
-    def __init__(self, bus: Bus, redis: Callable[[], Awaitable[aioredis.Redis]]) -> None:
+    def __init__(self, bus: Bus, registry: Callable[[], Awaitable[Registry]]) -> None:
         self.bus = bus
-        self._redis = redis
+        self._registry = registry
 
     async def call(
         self,
@@ -89,9 +88,7 @@ class Tools:
 
     async def catalog(self) -> Catalog:
         """Every MCP server workers announce (up or down), with its tools."""
-        registry = Registry(
-            await self._redis(), self.bus.subjects, timeout=self.bus.settings.heartbeat_timeout
-        )
+        registry = await self._registry()
         return Catalog.of(await registry.instances(ServiceKind.MCP_WORKER))
 
     async def list(self) -> list[CatalogTool]:

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from agentmesh.schemas.agent import PresenceEvent, PresenceStatus
 from agentmesh.schemas.codec import encode
 from agentmesh.schemas.errors import InvalidId
-from agentmesh.schemas.service import InvalidRecord, ServiceEvent, ServiceKind, ServiceRecord
+from agentmesh.schemas.service import ServiceEvent, ServiceKind, ServiceRecord
 
 if TYPE_CHECKING:
     from agentmesh.broker.bus import Bus
@@ -53,6 +53,7 @@ class Announcer:
         self._wake = asyncio.Event()
         self._stopping = False
         self._failing = False
+        self.reported_served = 0  # the served count deregistration reported
 
     @property
     def name(self) -> str:
@@ -76,28 +77,43 @@ class Announcer:
             # the client, leaving the loop running. A beat in progress finishes first (bounded).
             self._stopping = True
             self._wake.set()
-            try:
-                async with asyncio.timeout(_STOP_WAIT):
-                    await task
-            except TimeoutError:
+            done, _ = await asyncio.wait({task}, timeout=_STOP_WAIT)
+            if not done:
                 task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
         record = self.record()
+        self.reported_served = record.load.served
         try:
-            if await self.registry.deregister(record.instance_id) is not None:
+            gone = await self.registry.deregister(record.instance_id, served=self.reported_served)
+            if gone is not None:
                 await self._publish(record, PresenceStatus.OFFLINE, "deregistered")
         except (RedisError, OSError) as exc:
             logger.warning("could not deregister %s: %s", self.name, exc)
 
     async def beat(self) -> None:
+        """Heartbeat now (errors are raised), then sweep if one is due (errors are logged)."""
         record = self.record()
         if await self.registry.heartbeat(record):
             await self._publish(record, PresenceStatus.ONLINE)
-        if self.registry.sweep_due(self.interval):
-            for dead in await self.registry.sweep():
-                if isinstance(dead, ServiceRecord):
-                    await self._publish(dead, PresenceStatus.OFFLINE, "heartbeat timeout")
-                elif isinstance(dead, InvalidRecord | str):
-                    logger.debug("swept an instance without a valid record: %s", dead)
+        if not self.registry.sweep_due(self.interval):
+            return
+        try:
+            swept = await self.registry.sweep()
+        except (RedisError, OSError) as exc:
+            logger.warning("sweeping the registry failed (%s); the next beat retries", exc)
+            return
+        for dead in swept:
+            if isinstance(dead, ServiceRecord):
+                await self._publish(dead, PresenceStatus.OFFLINE, "heartbeat timeout")
+            else:
+                logger.debug("swept an instance without a valid record: %s", dead)
+
+    async def beat_now(self) -> None:
+        """Re-announce at once and return when Redis has the record (errors are logged)."""
+        try:
+            await self.beat()
+        except (RedisError, OSError) as exc:
+            logger.warning("could not announce %s now (%s); the next beat retries", self.name, exc)
 
     async def _loop(self) -> None:
         while True:
@@ -116,6 +132,8 @@ class Announcer:
                 if not self._failing:
                     logger.warning("heartbeat of %s failed (%s); retrying", self.name, exc)
                 self._failing = True
+            except Exception:  # the top of a loop that must outlive any one bad beat
+                logger.exception("heartbeat of %s failed; retrying", self.name)
 
     async def _publish(
         self, record: ServiceRecord, event: PresenceStatus, reason: str | None = None

@@ -9,6 +9,7 @@ workers are subclasses; a kind added later is one more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import uuid
 from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from agentmesh.broker.announcer import Announcer
 from agentmesh.broker.bus import Bus
@@ -28,7 +30,7 @@ from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import validate_id
 from agentmesh.schemas.agent import AgentCard
 from agentmesh.schemas.errors import ConnectionFailed
-from agentmesh.schemas.service import Load, Serves, ServiceRecord
+from agentmesh.schemas.service import Load, Serves, ServiceKind, ServiceRecord
 from agentmesh.schemas.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -125,8 +127,11 @@ class MeshService:
             )
             await self._announcer.start()
         except BaseException:
-            self._announcer = None
+            announcer, self._announcer = self._announcer, None
             try:
+                if announcer is not None:  # it may have registered before failing
+                    with contextlib.suppress(Exception):
+                        await announcer.stop()
                 await self.on_stop()  # whatever on_start opened before it failed
             finally:
                 await self._close()
@@ -136,11 +141,17 @@ class MeshService:
         """Leave the registry at once, finish the calls in flight, close the connections."""
         if self._bus is None:
             return
-        if self._announcer is not None:
-            await self._announcer.stop()
-            self._announcer = None
+        announcer, self._announcer = self._announcer, None
         try:
+            if announcer is not None:
+                await announcer.stop()
             await self.on_stop()
+            if announcer is not None and self.kind == ServiceKind.AGENT:
+                # Calls that finished while draining count too (after deregistration).
+                with contextlib.suppress(RedisError, OSError):
+                    await announcer.registry.add_messages(
+                        self.load().served - announcer.reported_served
+                    )
         finally:
             await self._close()
             if self._stopped is not None:
@@ -155,9 +166,14 @@ class MeshService:
             await redis.aclose()
 
     def announce_now(self) -> None:
-        """Re-announce at once (what the instance serves changed)."""
+        """Re-announce soon (what the instance serves changed), without waiting."""
         if self._announcer is not None:
             self._announcer.poke()
+
+    async def announce(self) -> None:
+        """Re-announce now, returning once Redis has the record (errors are logged)."""
+        if self._announcer is not None:
+            await self._announcer.beat_now()
 
     def record(self) -> ServiceRecord:
         """The registry record as of now."""

@@ -11,8 +11,11 @@ is read from heartbeat scores, never from key expiry, and any live instance swee
     p:by:<field>:<name>      ZSET  instance_id → last heartbeat, for each name in serves.<field>
     p:names:<field>          ZSET  name → last heartbeat of any instance serving it
     p:stats:messages         INT   calls served by agent instances that have left the registry
+    p:counted:<instance_id>  INT   what a swept agent added there (taken back if it returns)
+    p:gone:<instance_id>     STRING a deregistered instance: its late heartbeats are refused
 
-Every key expires after twice the timeout (garbage collection only). See docs/PROTOCOL.md §5.
+Every key but p:stats:messages expires after twice the timeout (garbage collection only). Readers
+compare scores with Redis's clock, not their own. See docs/PROTOCOL.md §5.
 """
 
 from __future__ import annotations
@@ -37,9 +40,15 @@ logger = logging.getLogger(__name__)
 # Removes instance ARGV[2]'s name `n` of field `f` from the indexes (shared by the scripts).
 _WITHDRAW = """
 local function withdraw(p, f, n, iid)
+  -- the name's score becomes its newest remaining instance's, so it ages out with that one
   local by = p .. ':by:' .. f .. ':' .. n
   redis.call('ZREM', by, iid)
-  if redis.call('ZCARD', by) == 0 then redis.call('ZREM', p .. ':names:' .. f, n) end
+  local top = redis.call('ZRANGE', by, -1, -1, 'WITHSCORES')
+  if top[2] then
+    redis.call('ZADD', p .. ':names:' .. f, top[2], n)
+  else
+    redis.call('ZREM', p .. ':names:' .. f, n)
+  end
 end
 local function names_of(rec)
   local out = {}
@@ -60,8 +69,9 @@ local function decode(json)
   if ok and type(rec) == 'table' then return rec end
   return nil
 end
-local function forget(p, iid)
-  -- remove one instance everywhere; returns its record JSON (or '') for the offline event
+local function forget(p, iid, final, ttl)
+  -- remove one instance everywhere; returns its record JSON (or '') for the offline event.
+  -- `final`: its served count now (a clean stop), else the count of its last record.
   local key = p .. ':svc:' .. iid
   local json = redis.call('GET', key)
   redis.call('ZREM', p .. ':svc', iid)
@@ -69,9 +79,15 @@ local function forget(p, iid)
   local rec = decode(json)
   for _, fn in ipairs(names_of(rec)) do withdraw(p, fn[1], fn[2], iid) end
   if rec and type(rec.kind) == 'string' then redis.call('ZREM', p .. ':kind:' .. rec.kind, iid) end
-  if rec and rec.kind == 'agent' and type(rec.load) == 'table' then
-    local served = tonumber(rec.load.served) or 0
-    if served > 0 then redis.call('INCRBY', p .. ':stats:messages', math.floor(served)) end
+  if rec and rec.kind == 'agent' then
+    local served = final
+    if not served and type(rec.load) == 'table' then served = tonumber(rec.load.served) end
+    served = math.floor(tonumber(served) or 0)
+    if served > 0 then
+      redis.call('INCRBY', p .. ':stats:messages', served)
+      -- if it comes back (it was only slow), its heartbeat takes this back out of the total
+      redis.call('SET', p .. ':counted:' .. iid, served, 'PX', ttl)
+    end
   end
   return json or ''
 end
@@ -83,6 +99,7 @@ HEARTBEAT_SCRIPT = (
     _WITHDRAW
     + """
 local p, iid, json, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('EXISTS', p .. ':gone:' .. iid) == 1 then return -1 end  -- it deregistered
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
 local key = p .. ':svc:' .. iid
@@ -94,6 +111,13 @@ for _, fn in ipairs(names_of(decode(redis.call('GET', key)))) do
 end
 local added = redis.call('ZADD', p .. ':svc', t, iid)
 redis.call('PEXPIRE', p .. ':svc', ttl)
+if added == 1 then
+  local counted = redis.call('GET', p .. ':counted:' .. iid)
+  if counted then
+    redis.call('DECRBY', p .. ':stats:messages', counted)
+    redis.call('DEL', p .. ':counted:' .. iid)
+  end
+end
 redis.call('SET', key, json, 'PX', ttl)
 if rec and type(rec.kind) == 'string' then
   redis.call('ZADD', p .. ':kind:' .. rec.kind, t, iid)
@@ -110,19 +134,22 @@ return added
 """
 )
 
-# ARGV: prefix, instance id. Returns the record JSON it removed ('' if none, false if absent).
+# ARGV: prefix, instance id, its served count now, ttl ms. Returns the record JSON it removed
+# ('' if none, false if it was not registered). Leaves a tombstone (`p:gone:<id>`, one ttl) so a
+# heartbeat still in flight cannot register the instance again.
 _DEREGISTER = (
     _WITHDRAW
     + """
-if redis.call('ZSCORE', ARGV[1] .. ':svc', ARGV[2]) == false then
-  forget(ARGV[1], ARGV[2])
-  return false
-end
-return forget(ARGV[1], ARGV[2])
+local p, iid = ARGV[1], ARGV[2]
+redis.call('SET', p .. ':gone:' .. iid, 1, 'PX', ARGV[4])
+local registered = redis.call('ZSCORE', p .. ':svc', iid) ~= false
+local json = forget(p, iid, tonumber(ARGV[3]), ARGV[4])
+if not registered then return false end
+return json
 """
 )
 
-# ARGV: prefix, timeout seconds, max instances. Returns {instance id, record JSON, ...}.
+# ARGV: prefix, timeout seconds, max instances, ttl ms. Returns {instance id, record JSON, ...}.
 _SWEEP = (
     _WITHDRAW
     + """
@@ -134,13 +161,14 @@ local dead = redis.call('ZRANGEBYSCORE', p .. ':svc', '-inf', '(' .. (t - tonumb
 local out = {}
 for _, iid in ipairs(dead) do
   table.insert(out, iid)
-  table.insert(out, forget(p, iid))
+  table.insert(out, forget(p, iid, nil, ARGV[4]))
 end
 return out
 """
 )
 
 _SWEEP_BATCH = 1000
+_CLOCK_CHECK = 60.0  # seconds between reads of Redis's clock
 _MAX_LOGGED = 10_000
 
 
@@ -158,20 +186,43 @@ class Registry:
         self._sweep = redis.register_script(_SWEEP)
         self._last_sweep = -math.inf
         self._logged: set[str] = set()  # keys of invalid records already logged
+        self._offset = 0.0  # Redis clock minus ours: scores are Redis TIME
+        self._offset_read = -math.inf
+
+    async def _cutoff(self) -> float:
+        """Scores older than this are dead, on Redis's clock (read again every minute)."""
+        now = time.monotonic()
+        if now - self._offset_read > _CLOCK_CHECK:
+            seconds, micros = await self.redis.time()
+            self._offset = seconds + micros / 1e6 - time.time()
+            self._offset_read = now
+        return time.time() + self._offset - self.timeout
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
     # Writing -------------------------------------------------------------------------------
     async def heartbeat(self, record: ServiceRecord) -> bool:
-        """Announce `record` as alive now; True if the instance was not registered before."""
+        """Announce `record` as alive now; True if the instance was not registered before
+        (False too for an instance that deregistered: it is not registered again)."""
         body = record.model_dump_json(exclude={"last_heartbeat"}, exclude_none=True)
         added = await self._heartbeat(args=[self.prefix, record.instance_id, body, self._ttl_ms])
-        return bool(added)
+        return added == 1
 
-    async def deregister(self, instance_id: str) -> ServiceRecord | None:
-        """Remove an instance at once; its record if it was registered."""
-        found = await self._deregister(args=[self.prefix, instance_id])
+    async def add_messages(self, served: int) -> None:
+        """Count calls an agent instance served after it deregistered (while draining)."""
+        if served > 0:
+            await self.redis.incrby(self._key("stats", "messages"), served)
+
+    async def deregister(
+        self, instance_id: str, *, served: int | None = None
+    ) -> ServiceRecord | None:
+        """Remove an instance at once; its record if it was registered.
+
+        `served`: its count of calls taken, as of now (else its last record's is kept).
+        """
+        final = "" if served is None else str(served)
+        found = await self._deregister(args=[self.prefix, instance_id, final, self._ttl_ms])
         if found is None:
             return None
         return self._parse(instance_id, found, 0.0) if found else None
@@ -190,37 +241,37 @@ class Registry:
 
         Returns their records (an instance id alone when its record had already expired).
         """
-        flat = await self._sweep(args=[self.prefix, self.timeout, _SWEEP_BATCH])
+        flat = await self._sweep(args=[self.prefix, self.timeout, _SWEEP_BATCH, self._ttl_ms])
         out: list[ServiceRecord | InvalidRecord | str] = []
         for i in range(0, len(flat), 2):
-            iid, body = flat[i].decode(), flat[i + 1]
+            iid, body = flat[i].decode(errors="replace"), flat[i + 1]
             out.append(self._parse(iid, body, 0.0) if body else iid)
         return out
 
     # Reading -------------------------------------------------------------------------------
     async def instances(self, kind: str | None = None) -> list[ServiceRecord | InvalidRecord]:
         """Live instances (of one kind, or all), oldest first; invalid records as such."""
-        cutoff = time.time() - self.timeout
+        cutoff = await self._cutoff()
         index = self._key("svc") if kind is None else self._key("kind", kind)
         scored = await self.redis.zrangebyscore(index, f"({cutoff}", "+inf", withscores=True)
-        records = await self._records([(i.decode(), s) for i, s in scored])
+        records = await self._records([(i.decode(errors="replace"), s) for i, s in scored])
         if kind is not None:  # an invalid record is listed under its key's index, not a kind
             records = [r for r in records if r.kind in (kind, "invalid")]
         return sorted(records, key=_started)
 
     async def names(self, field: str) -> list[str]:
         """Names some live instance serves in `serves.<field>` (e.g. "models"), sorted."""
-        cutoff = time.time() - self.timeout
+        cutoff = await self._cutoff()
         found = await self.redis.zrangebyscore(self._key("names", field), f"({cutoff}", "+inf")
-        return sorted(n.decode() for n in found)
+        return sorted(n.decode(errors="replace") for n in found)
 
     async def serving(self, field: str, name: str) -> list[ServiceRecord]:
         """Live, valid instances that serve `name` in `serves.<field>`."""
-        cutoff = time.time() - self.timeout
+        cutoff = await self._cutoff()
         scored = await self.redis.zrangebyscore(
             self._key("by", field, name), f"({cutoff}", "+inf", withscores=True
         )
-        records = await self._records([(i.decode(), s) for i, s in scored])
+        records = await self._records([(i.decode(errors="replace"), s) for i, s in scored])
         return [r for r in records if isinstance(r, ServiceRecord)]
 
     async def agents(self) -> list[Presence]:
@@ -237,8 +288,8 @@ class Registry:
         return _presence(records) if records else None
 
     async def agent_count(self) -> int:
-        cutoff = time.time() - self.timeout
-        return int(await self.redis.zcount(self._key("names", "agents"), f"({cutoff}", "+inf"))
+        """Agents online now (with at least one valid record)."""
+        return len(await self.agents())
 
     async def messages(self) -> int:
         """Calls served by agents of the mesh: live instances' counts plus those that left."""
@@ -280,7 +331,7 @@ class Registry:
 
 def _presence(records: list[ServiceRecord]) -> Presence:
     """An agent as the seed API shows it, from its live instances' records."""
-    newest = max(records, key=lambda r: r.last_heartbeat)
+    newest = max(records, key=_started)  # the newest instance's card: replicas may differ
     assert newest.card is not None
     instances = [
         InstanceInfo(
@@ -296,7 +347,7 @@ def _presence(records: list[ServiceRecord]) -> Presence:
     return Presence(
         **newest.card.model_dump(),
         status=PresenceStatus.ONLINE,
-        last_heartbeat=newest.last_heartbeat,
+        last_heartbeat=max(r.last_heartbeat for r in records),
         connected_at=min(r.started_at for r in records),
         instances=instances,
     )

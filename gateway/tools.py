@@ -84,10 +84,10 @@ class ToolDirectory:
                 f"key '{principal.key_id}' may not use the tool {server}/{tool}",
                 details={"server": server, "tool": tool, "key_id": principal.key_id},
             )
-        tools = Tools(self.bus, self._redis)
+        tools = Tools(self.bus, self._registry)
         if timeout is None:
             return await tools.call(server, tool, arguments)
         return await tools.call(server, tool, arguments, timeout=timeout)
 
-    async def _redis(self) -> aioredis.Redis:
-        return self.redis
+    async def _registry(self) -> Registry:
+        return self.registry

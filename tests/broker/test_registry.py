@@ -233,3 +233,44 @@ async def test_an_invalid_record_is_skipped_listed_as_invalid_and_logged_once(
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2, warnings  # once per key, however often it is read
     assert any(f"{prefix}:svc:bad" in w for w in warnings)
+
+
+async def test_a_clean_stop_counts_the_calls_served_since_the_last_heartbeat(
+    registry: Registry,
+) -> None:
+    await registry.heartbeat(agent("i1", served=2))
+    await registry.deregister("i1", served=5)
+    assert await registry.messages() == 5
+
+
+async def test_a_late_heartbeat_after_deregistering_does_not_bring_the_instance_back(
+    registry: Registry,
+) -> None:
+    await registry.heartbeat(agent("i1"))
+    await registry.deregister("i1")
+    assert not await registry.heartbeat(agent("i1"))  # a beat that was still in flight
+    assert await registry.instances() == [] and await registry.agent("agent-001") is None
+
+
+async def test_an_instance_swept_while_slow_that_comes_back_is_counted_once(
+    registry: Registry,
+) -> None:
+    await registry.heartbeat(agent("slow", served=3))
+    await wait_until_gone(registry, "agent-001")
+    await registry.sweep()
+    assert await registry.messages() == 3  # counted when it left
+    assert await registry.heartbeat(agent("slow", served=4))  # back: registered anew
+    assert await registry.messages() == 4  # its live count, not 3 + 4
+    await registry.deregister("slow", served=4)
+    assert await registry.messages() == 4
+
+
+async def test_a_name_ages_out_with_its_last_live_instance_not_a_departed_one(
+    registry: Registry, redis: aioredis.Redis, prefix: str
+) -> None:
+    await registry.heartbeat(worker("older", ["m"]))
+    await registry.heartbeat(worker("leaving", ["m"]))
+    await registry.deregister("leaving")
+    # The name's score is now the remaining instance's, so it expires when that one does.
+    older = await redis.zscore(f"{prefix}:svc", "older")
+    assert await redis.zscore(f"{prefix}:names:models", "m") == older

@@ -50,7 +50,8 @@ class MCPWorker(MeshService):
         return self.instance_id
 
     def serves(self) -> Serves:
-        return Serves(tools=sorted(n for n, u in self.upstreams.items() if u.state == "up"))
+        # What is subscribed, not what is connected: a server is announced once calls reach it.
+        return Serves(tools=sorted(self._services))
 
     def detail(self) -> dict[str, Any]:
         return {"servers": {name: u.info() for name, u in self.upstreams.items()}}
@@ -73,13 +74,15 @@ class MCPWorker(MeshService):
             TimeoutError: some server is still down at the deadline; the message says why.
         """
         try:
-            await self.wait_for(
-                lambda: all(u.state == "up" for u in self.upstreams.values()), timeout
-            )
+            await self.wait_for(self._all_served, timeout)
         except TimeoutError:
             down = [f"{u.name}: {u.error}" for u in self.upstreams.values() if u.state != "up"]
             why = "; ".join(down)
             raise TimeoutError(f"MCP servers not up after {timeout:g}s: {why}") from None
+
+    def _all_served(self) -> bool:
+        """Every server is up and its subject subscribed (calls reach it)."""
+        return all(u.state == "up" and name in self._services for name, u in self.upstreams.items())
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float) -> None:
         """Wait until `condition()` holds, checking it on every state change of a server."""
@@ -116,8 +119,8 @@ class MCPWorker(MeshService):
         return handle
 
     async def _announce(self) -> None:
-        """Re-announce now: a server's state or tools changed."""
-        self.announce_now()
+        """Re-announce now (a server's state or tools changed); returns once Redis has it."""
+        await self.announce()
 
     async def apply(self, config: MCPConfig) -> None:
         """Serve `config` from now on: start added servers, stop removed ones, restart changed ones.
@@ -134,9 +137,14 @@ class MCPWorker(MeshService):
                 if wanted.get(name) != upstream.config:
                     del self.upstreams[name]
                     gone.append((upstream, self._services.pop(name, None)))
+        for _, service in gone:
+            if service is not None:
+                await service.unsubscribe()  # no new call reaches it
+        if gone:
+            await self._announce()  # out of the catalog before the (bounded) drain
         for upstream, service in gone:
             if service is not None:
-                await service.stop()  # leaves the queue group, lets calls in flight finish
+                await service.stop()  # the calls in flight finish
             await upstream.stop()
             why = "changed, restarting it" if upstream.name in wanted else "removed"
             logger.info("stopped MCP server %s (%s)", upstream.name, why)
