@@ -25,7 +25,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m tests.lint_imports
+	$(BIN)/lint-imports --no-logo
 
 clean:
 	rm -rf $(VENV) .agentmesh .pytest_cache
