@@ -41,6 +41,7 @@ class MCPWorker(MeshService):
         self.config = config
         self.upstreams: dict[str, Upstream] = {}
         self._services: dict[str, Any] = {}
+        self._retiring: set[Upstream] = set()  # removed by apply(), not yet stopped
         self._lock = asyncio.Lock()
         self._state_changed = asyncio.Event()
 
@@ -136,6 +137,7 @@ class MCPWorker(MeshService):
             for name, upstream in list(self.upstreams.items()):
                 if wanted.get(name) != upstream.config:
                     del self.upstreams[name]
+                    self._retiring.add(upstream)  # stopped below, or by on_stop if cancelled
                     gone.append((upstream, self._services.pop(name, None)))
         for _, service in gone:
             if service is not None:
@@ -146,6 +148,7 @@ class MCPWorker(MeshService):
             if service is not None:
                 await service.stop()  # the calls in flight finish
             await upstream.stop()
+            self._retiring.discard(upstream)
             why = "changed, restarting it" if upstream.name in wanted else "removed"
             logger.info("stopped MCP server %s (%s)", upstream.name, why)
         interval = self._bus.settings.heartbeat_interval
@@ -168,6 +171,6 @@ class MCPWorker(MeshService):
             services, self._services = list(self._services.values()), {}
         for service in services:
             await service.stop()
-        for upstream in self.upstreams.values():
+        for upstream in [*self.upstreams.values(), *self._retiring]:
             await upstream.stop()
-        self.upstreams = {}
+        self.upstreams, self._retiring = {}, set()
