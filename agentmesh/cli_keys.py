@@ -21,6 +21,7 @@ from agentmesh.gateway.keys import (
     DEFAULT_SCOPES,
     KeyRecord,
     KeyStore,
+    parse_agent_patterns,
     parse_scopes,
     parse_tool_patterns,
     validate_name,
@@ -99,6 +100,12 @@ def create(
         help="MCP tools the key may list and call, as server/tool patterns with * wildcards, "
         "e.g. 'time/*,github/get_issue'; repeat or comma-separate. Default: every tool.",
     ),
+    agents: list[str] | None = typer.Option(
+        None,
+        "--agents",
+        help="Agent ids the key may attach as (WebSocket) and send as (from_agent_id), as "
+        "patterns with * wildcards, e.g. 'bot-*'; repeat or comma-separate. Default: none.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the key."),
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
@@ -108,13 +115,19 @@ def create(
         limit = _limit(rate_limit, "rate limit")
         tokens = _limit(token_limit, "token limit")
         allowed = parse_tool_patterns(",".join(tools)) if tools else None
+        as_agents = parse_agent_patterns(",".join(agents)) if agents else ()
     except InvalidMessage as exc:
         raise cli_support.fail(exc.message) from None
     settings = cli_support.settings()
     key, record = _with_store(
         settings,
         lambda store: store.create(
-            name, scopes=scopes, rate_limit=limit, token_limit=tokens, tools=allowed
+            name,
+            scopes=scopes,
+            rate_limit=limit,
+            token_limit=tokens,
+            tools=allowed,
+            agents=as_agents,
         ),
     )
     if quiet:
@@ -125,6 +138,7 @@ def create(
     typer.echo(f"  rate limit:  {record.rate_limit or 'none'}")
     typer.echo(f"  token limit: {record.token_limit or 'none'}")
     typer.echo(f"  tools:       {_tools_text(record, ', ')}")
+    typer.echo(f"  agents:      {', '.join(record.agents) or 'none'}")
     typer.echo("")
     typer.echo(key)
     typer.echo("")
@@ -144,6 +158,7 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
                 "rate_limit": None if r.rate_limit is None else str(r.rate_limit),
                 "token_limit": None if r.token_limit is None else str(r.token_limit),
                 "tools": None if r.tools is None else list(r.tools),
+                "agents": list(r.agents),
                 "created_at": iso_utc(r.created_at),
             }
             for r in records

@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from agentmesh.agents.client import calling_agent, encode_request, not_online
 from agentmesh.broker.subjects import validate_id
-from agentmesh.gateway.auth import Principal, Scope, require
+from agentmesh.gateway.auth import Principal, Scope, require, stamp_sender
 from agentmesh.gateway.errors import error_body
 from agentmesh.gateway.models import (
     AgentInfo,
@@ -64,19 +64,23 @@ async def get_agent(
 async def send_message(
     body: SendRequest,
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.SEND)),
+    principal: Principal = Depends(require(Scope.SEND)),
 ) -> SendResponse:
-    """Send a message to an agent. With `wait`, return its result too."""
+    """Send a message to an agent. With `wait`, return its result too.
+
+    With auth on, `from_agent_id` must match the key's agent patterns, and the message's
+    `metadata.sender_key` is set to the key's id (whatever the body said)."""
     subject = state.bus.subjects.agent(body.to_agent_id)
     if body.from_agent_id is not None:
         validate_id(body.from_agent_id, what="from_agent_id")
+        principal.check_act_as(body.from_agent_id, what="send as")
     message = Message(
         message_id=new_id(),
         from_agent_id=body.from_agent_id,
         to_agent_id=body.to_agent_id,
         conversation_id=body.conversation_id,
         content=body.content,
-        metadata=body.metadata,
+        metadata=stamp_sender(body.metadata, principal),
     )
     data = encode_request(
         message,

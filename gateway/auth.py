@@ -1,6 +1,7 @@
 """Who is calling: API keys and scopes. `require(scope)` is the one dependency routes use.
 
-With auth off (the default), every caller is the anonymous principal with every scope. With
+With auth off (the default), every caller is the anonymous principal with every scope, except
+on admin routes: those need `AGENTMESH_ADMIN_TOKEN` there, or are off. With
 `AGENTMESH_AUTH=on`, a call presents a key (`Authorization: Bearer <key>` or `X-API-Key`; a
 WebSocket may use `?api_key=<key>`, as browsers cannot set its headers), then passes the scope
 check and the key's rate limit, which all replicas share through Redis.
@@ -8,16 +9,19 @@ check and the key's rate limit, which all replicas share through Redis.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from fnmatch import fnmatchcase
+from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
 
 from agentmesh.broker.ratelimit import Limit
-from agentmesh.gateway.state import state_of
+from agentmesh.gateway.state import GatewayConfig, state_of
 from agentmesh.schemas.errors import Forbidden, Unauthorized, Unavailable
 
 
@@ -38,9 +42,28 @@ class Principal:
     # MCP tools the key may list and call, as `server/tool` patterns (`*` matches any run of
     # characters): `("time/*", "github/get_*")`. None: every tool.
     tools: tuple[str, ...] | None = None
+    # Agent ids the key may attach as and send as (`*`/`?` patterns); admin keys: any.
+    agents: tuple[str, ...] = ()
 
     def allows(self, scope: Scope) -> bool:
         return Scope.ADMIN in self.scopes or scope in self.scopes
+
+    def may_act_as(self, agent_id: str) -> bool:
+        """Whether the key may attach as `agent_id` or send messages in its name."""
+        if Scope.ADMIN in self.scopes:
+            return True
+        return any(fnmatchcase(agent_id, pattern) for pattern in self.agents)
+
+    def check_act_as(self, agent_id: str, *, what: str) -> None:
+        """Raises:
+        Forbidden: the key may not act as `agent_id` (`what`: "attach as", "send as").
+        """
+        if not self.may_act_as(agent_id):
+            raise Forbidden(
+                f"key '{self.key_id}' ({self.name}) may not {what} agent '{agent_id}': its agent "
+                "patterns do not match (`agentmesh keys create NAME --agents PATTERN`)",
+                details={"agent_id": agent_id, "key_id": self.key_id},
+            )
 
     def may_use_tool(self, server: str, tool: str) -> bool:
         if self.tools is None:
@@ -50,6 +73,16 @@ class Principal:
 
 
 ANONYMOUS = Principal(name="anonymous", scopes=frozenset(Scope))
+SENDER_KEY = "sender_key"  # metadata the gateway sets on messages that enter with a key
+
+
+def stamp_sender(metadata: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    """`metadata` with `sender_key` set to the caller's key id (removed when there is no key),
+    so an agent can tell which key a message came in with and a body cannot claim another."""
+    out = {k: v for k, v in metadata.items() if k != SENDER_KEY}
+    if principal.key_id is not None:
+        out[SENDER_KEY] = principal.key_id
+    return out
 
 
 HOW_TO_PASS = (
@@ -82,9 +115,12 @@ def presented_key(conn: HTTPConnection) -> str | None:
 def require(scope: Scope) -> Callable[[HTTPConnection], Awaitable[Principal]]:
     """A FastAPI dependency: the caller, authenticated and allowed `scope`.
 
+    Admin routes are never anonymous: see `bootstrap_admin`.
+
     Raises:
         Unauthorized: no key, or one that is malformed, unknown or revoked (HTTP 401).
-        Forbidden: the key lacks `scope` (HTTP 403).
+        Forbidden: the key lacks `scope`, or an admin route on a gateway with auth off and no
+            admin token (HTTP 403).
         RateLimited: the key's rate limit is spent (HTTP 429 with Retry-After).
         Unavailable: Redis cannot be reached to check the key (HTTP 503).
     """
@@ -92,6 +128,10 @@ def require(scope: Scope) -> Callable[[HTTPConnection], Awaitable[Principal]]:
 
     async def dependency(conn: HTTPConnection) -> Principal:
         state = state_of(conn)
+        if scope is Scope.ADMIN:
+            admin = bootstrap_admin(conn, state.config)
+            if admin is not None:
+                return admin
         if not state.config.auth:
             return ANONYMOUS
         key = presented_key(conn)
@@ -110,6 +150,7 @@ def require(scope: Scope) -> Callable[[HTTPConnection], Awaitable[Principal]]:
             rate_limit=record.rate_limit,
             token_limit=record.token_limit,
             tools=record.tools,
+            agents=record.agents,
         )
         if not principal.allows(scope):
             raise Forbidden(
@@ -124,3 +165,47 @@ def require(scope: Scope) -> Callable[[HTTPConnection], Awaitable[Principal]]:
         return principal
 
     return dependency
+
+
+BOOTSTRAP_ADMIN = Principal(name="bootstrap-admin", scopes=frozenset({Scope.ADMIN}))
+ADMIN_OFF = "admin_off"  # details.reason of the 403 on an auth-off gateway without a token
+HOW_TO_ADMIN = (
+    "turn auth on (AGENTMESH_AUTH=on) and use a key with the 'admin' scope, or set "
+    "AGENTMESH_ADMIN_TOKEN on the gateway and send it as 'Authorization: Bearer <token>'; "
+    "`agentmesh keys` works without either (it talks to Redis)"
+)
+
+
+def bootstrap_admin(conn: HTTPConnection, config: GatewayConfig) -> Principal | None:
+    """The bootstrap admin when the caller sent `AGENTMESH_ADMIN_TOKEN`; None to go on checking
+    keys (auth on). An auth-off gateway has no anonymous admin: a key minted there would work on
+    every auth-on replica of the mesh.
+
+    Raises:
+        Unauthorized: auth off, a token is set, and the caller did not send it.
+        Forbidden: auth off and no token set: the admin routes are off.
+    """
+    token = config.admin_token
+    if token is None:
+        if config.auth:
+            return None
+        raise Forbidden(
+            f"the admin API is off: this gateway runs with auth off; {HOW_TO_ADMIN}",
+            details={"reason": ADMIN_OFF},
+        )
+    presented = presented_key(conn)
+    if presented is not None and _same(presented, token):
+        return BOOTSTRAP_ADMIN
+    if config.auth:
+        return None
+    raise Unauthorized(
+        "missing or wrong admin token: send AGENTMESH_ADMIN_TOKEN as 'Authorization: Bearer "
+        "<token>' (this gateway runs with auth off, so no API key is an admin here)"
+    )
+
+
+def _same(presented: str, token: str) -> bool:
+    # Constant time, and digests first so the length of the token does not leak either.
+    return hmac.compare_digest(
+        hashlib.sha256(presented.encode()).digest(), hashlib.sha256(token.encode()).digest()
+    )

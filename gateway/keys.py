@@ -33,6 +33,7 @@ MAX_NAME_LEN = 64
 DEFAULT_SCOPES = frozenset({Scope.AGENTS_READ, Scope.SEND, Scope.CONNECT})
 MAX_TOOL_PATTERN_LEN = 256
 _TOOL_SERVER_RE = re.compile(r"[A-Za-z0-9_*-]+")
+_AGENT_PATTERN_RE = re.compile(r"[A-Za-z0-9_*?-]{1,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,9 @@ class KeyRecord:
     # MCP tools the key may list and call, as `server/tool` patterns with `*`/`?` wildcards.
     # None: every tool; (): none.
     tools: tuple[str, ...] | None = None
+    # Agent ids the key may attach as (WebSocket) and send as (`from_agent_id`), as patterns
+    # with `*`/`?` wildcards (`"bot-*"`, `"*"`). (): none, the default; admin keys: every id.
+    agents: tuple[str, ...] = ()
 
 
 def hash_key(key: str) -> str:
@@ -129,6 +133,31 @@ def _check_tool_pattern(text: str) -> None:
         )
 
 
+def parse_agent_patterns(values: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...]:
+    """Agent id patterns from `["bot-*", "support"]` or `"bot-*,support"`, deduplicated in
+    order; `None` or empty gives `()` (attach and speak as no agent). A pattern holds what an
+    agent id may hold (letters, digits, `_`, `-`) plus the wildcards `*` and `?`.
+
+    Raises:
+        InvalidMessage: a malformed pattern.
+    """
+    if values is None:
+        return ()
+    items: list[object] = list(values.split(",") if isinstance(values, str) else values)
+    out: dict[str, None] = {}
+    for item in items:
+        text = item.strip() if isinstance(item, str) else None
+        if text is None or (text and not _AGENT_PATTERN_RE.fullmatch(text)):
+            shown = repr(item)[:80]
+            raise InvalidMessage(
+                f"invalid agent pattern {shown}: use agent ids with * or ? wildcards, e.g. 'bot-*'",
+                details={"field": "agents"},
+            )
+        if text:
+            out[text] = None
+    return tuple(out)
+
+
 def validate_name(name: object) -> str:
     if isinstance(name, str) and 1 <= len(name) <= MAX_NAME_LEN and name.isprintable():
         if name.strip():
@@ -167,10 +196,12 @@ class KeyStore:
         rate_limit: Limit | None = None,
         token_limit: Limit | None = None,
         tools: tuple[str, ...] | list[str] | None = None,
+        agents: tuple[str, ...] | list[str] | None = None,
     ) -> tuple[str, KeyRecord]:
         """A new key. The plaintext is returned here once and stored nowhere.
 
         `tools`: `server/tool` patterns of the MCP tools the key may use; `None`: every tool.
+        `agents`: agent id patterns the key may attach as and send as; `None`: none.
 
         Raises:
             InvalidMessage: a bad name, no scopes, a limit below one request (or token) per
@@ -179,6 +210,7 @@ class KeyStore:
         validate_name(name)
         scopes = parse_scopes([str(s) for s in scopes])
         tools = parse_tool_patterns(None if tools is None else list(tools))
+        agents = parse_agent_patterns(None if agents is None else list(agents))
         for field, limit, unit in (
             ("rate_limit", rate_limit, "request"),
             ("token_limit", token_limit, "token"),
@@ -200,6 +232,7 @@ class KeyStore:
             created_at=time.time(),
             token_limit=token_limit,
             tools=tools,
+            agents=agents,
         )
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(
@@ -210,6 +243,7 @@ class KeyStore:
                     "rate_limit": "" if rate_limit is None else str(rate_limit),
                     "token_limit": "" if token_limit is None else str(token_limit),
                     "tools": "" if tools is None else json.dumps(list(tools)),
+                    "agents": json.dumps(list(agents)),
                     "created_at": repr(record.created_at),
                     "hash": hash_key(key),
                 },
@@ -267,6 +301,7 @@ def _record(key_id: str, raw: dict[bytes, bytes]) -> KeyRecord | None:
         created_at=float(fields.get("created_at", 0) or 0),
         token_limit=Limit.parse(tokens) if tokens else None,
         tools=_stored_tools(fields.get("tools", "")),
+        agents=_stored_agents(fields.get("agents", "")),
     )
 
 
@@ -279,6 +314,18 @@ def _stored_tools(text: str) -> tuple[str, ...] | None:
         value = None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return ()  # a damaged record grants no tool rather than every tool
+    return tuple(value)
+
+
+def _stored_agents(text: str) -> tuple[str, ...]:
+    # Keys created before agent patterns existed attach as no agent: a connect key must now
+    # name its agents (`agentmesh keys create NAME --scopes connect --agents 'bot-*'`).
+    try:
+        value = json.loads(text) if text else []
+    except ValueError:
+        value = []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return ()
     return tuple(value)
 
 

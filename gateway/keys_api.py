@@ -39,6 +39,12 @@ class CreateKeyRequest(BaseModel):
         "wildcards (e.g. 'time/*'); omitted: every tool",
         examples=[["time/*", "github/get_issue"]],
     )
+    agents: list[str] | None = Field(
+        default=None,
+        description="Agent ids the key may attach as (WebSocket) and send as (from_agent_id), "
+        "as patterns with * and ? wildcards (e.g. 'bot-*'); omitted: none (admin keys: any)",
+        examples=[["bot-*", "support"]],
+    )
 
 
 class KeyInfo(BaseModel):
@@ -49,6 +55,9 @@ class KeyInfo(BaseModel):
     token_limit: str | None = None
     tools: list[str] | None = Field(
         default=None, description="server/tool patterns of the MCP tools allowed; null: every tool."
+    )
+    agents: list[str] = Field(
+        default_factory=list, description="agent id patterns the key may attach and send as."
     )
     created_at: str
 
@@ -61,6 +70,7 @@ class KeyInfo(BaseModel):
             rate_limit=None if record.rate_limit is None else str(record.rate_limit),
             token_limit=None if record.token_limit is None else str(record.token_limit),
             tools=None if record.tools is None else list(record.tools),
+            agents=list(record.agents),
             created_at=iso_utc(record.created_at),
         )
 
@@ -91,6 +101,7 @@ async def create_key(
         rate_limit=_limit(body.rate_limit, "rate_limit"),
         token_limit=_limit(body.token_limit, "token_limit"),
         tools=body.tools,
+        agents=body.agents,
     )
     return CreatedKey(**KeyInfo.of(record).model_dump(), key=key)
 

@@ -27,7 +27,7 @@ from agentmesh.broker.announcer import Announcer
 from agentmesh.broker.lifecycle import HOST
 from agentmesh.broker.types import Request
 from agentmesh.gateway import frames
-from agentmesh.gateway.auth import Principal, Scope, require
+from agentmesh.gateway.auth import Principal, Scope, require, stamp_sender
 from agentmesh.gateway.frames import ChunkFrame, HeartbeatFrame, ResultFrame, SendFrame
 from agentmesh.gateway.state import GatewayState, state_of
 from agentmesh.schemas.agent import AgentCard
@@ -73,6 +73,7 @@ async def connect(websocket: WebSocket) -> None:
     try:
         principal = await require(Scope.CONNECT)(websocket)
         card = frames.card_from_query(websocket.query_params)
+        principal.check_act_as(card.agent_id, what="attach as")  # no joining another's group
     except MeshError as exc:
         await _refuse(websocket, exc)
         return
@@ -406,7 +407,7 @@ class Session:
             to_agent_id=frame.to_agent_id,
             conversation_id=frame.conversation_id,
             content=frame.content,
-            metadata=frame.metadata,
+            metadata=stamp_sender(frame.metadata, self.principal),
         )
         task = asyncio.get_running_loop().create_task(self._send(subject, message, frame))
         self._sends.add(task)

@@ -66,10 +66,15 @@ def bearer(key: str) -> dict[str, str]:
 
 
 async def make_key(
-    keys: KeyStore, *scopes: Scope, rate_limit: str | None = None, name: str = "test"
+    keys: KeyStore,
+    *scopes: Scope,
+    rate_limit: str | None = None,
+    name: str = "test",
+    agents: tuple[str, ...] = ("*",),
 ) -> str:
+    """A key with `scopes`; by default it may attach and send as any agent id."""
     limit = Limit.parse(rate_limit) if rate_limit else None
-    key, _ = await keys.create(name, scopes=frozenset(scopes), rate_limit=limit)
+    key, _ = await keys.create(name, scopes=frozenset(scopes), rate_limit=limit, agents=agents)
     return key
 
 
@@ -616,3 +621,77 @@ async def test_websocket_connects_count_against_the_keys_rate_limit_on_every_rep
     assert first["type"] == "connected"
     refused, close_code = await ws_first_frame(second_replica.ws_url + query)
     assert (refused["code"], close_code) == ("RATE_LIMIT", 1013)
+
+
+# Acting as an agent: keys name the agent ids they may attach and send as ----------------------
+@pytest.mark.parametrize(
+    ("agents", "agent_id"),
+    [((), "slow"), (("bot-*",), "slow"), (("bot-?",), "bot-12")],
+    ids=["no-patterns", "other-pattern", "one-char-wildcard"],
+)
+async def test_a_connect_key_cannot_attach_as_an_agent_its_patterns_do_not_name(
+    replica: Replica, keys: KeyStore, agents: tuple[str, ...], agent_id: str
+) -> None:
+    key = await make_key(keys, Scope.CONNECT, agents=agents)
+    first, close_code = await ws_first_frame(
+        f"{replica.ws_url}/gateway/connect?agent_id={agent_id}&api_key={key}"
+    )
+    assert (first["type"], first["code"], close_code) == ("error", "UNAUTHORIZED", 1008)
+    assert f"may not attach as agent '{agent_id}'" in first["message"]
+
+
+async def test_a_connect_key_attaches_as_the_agents_its_patterns_name(
+    replica: Replica, keys: KeyStore
+) -> None:
+    key = await make_key(keys, Scope.CONNECT, agents=("bot-*", "support"))
+    for agent_id in ("bot-1", "support"):
+        url = f"{replica.ws_url}/gateway/connect?agent_id={agent_id}&api_key={key}"
+        first, _ = await ws_first_frame(url)
+        assert first["type"] == "connected", first
+
+
+async def test_an_impostor_never_joins_a_real_agents_queue_group(
+    replica: Replica, client: httpx.AsyncClient, keys: KeyStore, echo: Agent
+) -> None:
+    """The probe's attack: a connect-only key attaching as an online agent to take its calls."""
+    impostor = await make_key(keys, Scope.CONNECT, agents=("mine",))
+    sender = await make_key(keys, Scope.SEND)
+    first, _ = await ws_first_frame(
+        f"{replica.ws_url}/gateway/connect?agent_id=echo&api_key={impostor}"
+    )
+    assert first["code"] == "UNAUTHORIZED"
+    for _ in range(20):  # every call still reaches the real echo agent
+        r = await client.post(
+            "/gateway/send",
+            headers=bearer(sender),
+            json={"to_agent_id": "echo", "wait": True, "content": [{"type": "text", "text": "hi"}]},
+        )
+        assert r.status_code == 200 and r.json()["result"]["result"] == "hi"
+
+
+async def test_a_send_key_may_only_set_a_from_agent_id_its_patterns_name_and_is_stamped(
+    replica: Replica, client: httpx.AsyncClient, keys: KeyStore, start_agent: StartAgent
+) -> None:
+    seen: list[Message] = []
+    agent = Agent("recorder")
+
+    @agent.handler
+    async def handle(msg: Message, ctx: Context) -> str:
+        seen.append(msg)
+        return "ok"
+
+    await start_agent(agent)
+    key, record = await keys.create("relay", scopes=frozenset({Scope.SEND}), agents=["bot-*"])
+
+    async def send(**extra: object) -> httpx.Response:
+        text = [{"type": "text", "text": "x"}]
+        body = {"to_agent_id": "recorder", "wait": True, "content": text, **extra}
+        return await client.post("/gateway/send", headers=bearer(key), json=body)
+
+    forged = await send(from_agent_id="ceo", metadata={"sender_key": "someone-else"})
+    assert forged.status_code == 403 and forged.json()["error"]["code"] == "UNAUTHORIZED"
+    assert "may not send as agent 'ceo'" in forged.json()["error"]["message"]
+    assert (await send(from_agent_id="bot-7", metadata={"sender_key": "forged"})).status_code == 200
+    assert (await send()).status_code == 200
+    assert [m.from_agent_id for m in seen] == ["bot-7", None]
+    assert [m.metadata["sender_key"] for m in seen] == [record.key_id, record.key_id]

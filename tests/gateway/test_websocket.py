@@ -228,7 +228,9 @@ async def test_each_send_frame_counts_against_the_keys_rate_limit(
     redis = await connect_redis(settings)
     try:
         keys = KeyStore(redis, Subjects(settings.prefix))
-        key, _ = await keys.create("ws", scopes=frozenset({Scope.CONNECT}), rate_limit=Limit(2, 60))
+        key, _ = await keys.create(
+            "ws", scopes=frozenset({Scope.CONNECT}), rate_limit=Limit(2, 60), agents=["limited"]
+        )
     finally:
         await redis.aclose()
     replica = await start_gateway(config=GatewayConfig(auth=True))
