@@ -12,7 +12,9 @@ caller allows the model to write, so a call with `max_tokens` never costs more t
 (unless the prompt was underestimated). A failed call is refunded; a call that ends without
 `usage` keeps its reservation. Every call is then counted per key and model (`gateway.usage`).
 
-Only the reservation is on the call's path. The correction and the count (a settlement) run in
+The reservation is on the call's path, and so is the settlement of a call that completed (the
+correction and the count are written before the reply, or before a stream's end, goes out, so
+usage is never lost for a completed call). Those of failed or abandoned calls run in
 a task of their own once the call ends, so the reply does not wait for Redis; until it lands,
 the key's budget still holds the estimate (the cautious side). `settled()` waits for them.
 """
@@ -137,9 +139,10 @@ class Meter:
             details={"estimated_tokens": cost, "token_limit": str(limit)},
         )
 
-    def finish(self, usage: object) -> None:
-        """The call answered; `usage` is its OpenAI `usage` object, if any."""
-        self._settle(Outcome.DONE, usage)
+    async def finish(self, usage: object) -> None:
+        """The call answered; `usage` is its OpenAI `usage` object, if any. Written before the
+        caller gets the reply: a completed call is counted even if this process dies next."""
+        await self._write(Outcome.DONE, usage)
 
     def fail(self) -> None:
         """The call failed: refund the reservation, count an error."""
@@ -152,7 +155,6 @@ class Meter:
         usage chunk (workers send it last). A stream that breaks after its first chunk, or that
         its caller leaves, keeps its reservation: tokens were spent, and how many is unknown."""
         usage: object = None
-        outcome = Outcome.ABANDONED
         try:
             async with aclosing(chunks):  # type: ignore[type-var]
                 if first is not None:
@@ -161,13 +163,15 @@ class Meter:
                 async for chunk in chunks:
                     usage = _usage_of(chunk) or usage
                     yield chunk
-            outcome = Outcome.DONE
         except MeshError:
-            outcome = Outcome.FAILED
             self._reserved = 0  # kept, not refunded
+            self._settle(Outcome.FAILED, usage)
             raise
-        finally:
-            self._settle(outcome, usage)
+        except BaseException:  # the caller left (GeneratorExit) or was cancelled
+            self._settle(Outcome.ABANDONED, usage)
+            raise
+        # Before the caller's stream ends ([DONE]): a completed stream is always counted.
+        await self._write(Outcome.DONE, usage)
 
     def _settle(self, outcome: Outcome, usage: object) -> None:
         task = asyncio.get_running_loop().create_task(self._write(outcome, usage))

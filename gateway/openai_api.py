@@ -83,7 +83,7 @@ async def complete(
     except MeshError:
         meter.fail()
         raise
-    meter.finish(reply.get("usage") if isinstance(reply, dict) else None)
+    await meter.finish(reply.get("usage") if isinstance(reply, dict) else None)
     return reply
 
 

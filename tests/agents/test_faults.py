@@ -154,3 +154,45 @@ async def test_agents_reconnect_and_serve_after_nats_restarts(
                 except MeshError:
                     continue
         assert reply.text == "up:2"
+
+
+async def test_a_sigkilled_replicas_served_calls_stay_counted_within_one_interval(
+    settings: Settings,
+    env_for: dict[str, str],
+    mesh: MeshClient,
+    start_agent: StartAgent,
+    events: asyncio.Queue[PresenceEvent],
+) -> None:
+    """Each heartbeat carries the instance's running count, so a SIGKILL loses at most the calls
+    of its last interval; the sweep keeps what its last record said."""
+    sweeper = Agent("sweeper")  # a live Python instance sweeps the dead one
+    sweeper.handler(lambda msg, ctx: "ok")
+    await start_agent(sweeper)
+    proc = await asyncio.create_subprocess_exec(
+        AGENTMESH,
+        "agent",
+        "run",
+        "tests.agents.replica:agent",
+        env=env_for,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    registry = await mesh.registry()
+    try:
+        async with asyncio.timeout(20):
+            online = await next_event(events, agent_id="replica", event=PresenceStatus.ONLINE)
+            for i in range(50):
+                assert (await mesh.ask("replica", str(i))).text.endswith(f":{i}")
+            while await registry.messages() < 50:  # noqa: ASYNC110 - one heartbeat interval
+                await asyncio.sleep(settings.heartbeat_interval / 4)
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            gone = await next_event(
+                events, instance_id=online.instance_id, event=PresenceStatus.OFFLINE
+            )
+            assert gone.reason == "heartbeat timeout"
+        assert await registry.messages() == 50  # counted once, after the sweep too
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

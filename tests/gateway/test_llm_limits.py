@@ -8,6 +8,7 @@ replicas run in the test's event loop, so `settled()` waits for their correction
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,16 +19,19 @@ import pytest
 import redis.asyncio as aioredis
 
 from agentmesh.broker.ratelimit import Limit
-from agentmesh.broker.servers import RedisServer
+from agentmesh.broker.servers import RedisServer, free_port
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects
 from agentmesh.gateway.auth import Scope
 from agentmesh.gateway.keys import KeyStore
 from agentmesh.gateway.llm_limits import COMPLETION_RESERVE, estimate_tokens, settled
 from agentmesh.gateway.state import GatewayConfig
+from agentmesh.gateway.usage import UsageStore
 from tests.gateway.conftest import Replica, StartGateway
 from tests.workers.fake_upstreams import FakeOpenAI
 from tests.workers.fixtures import StartWorker
+
+ECHO_DEPLOYMENT = {"provider": "echo", "model": "echo"}
 
 AUTH = GatewayConfig(auth=True)
 MODEL = "gpt-4.1-mini"  # served through the fake upstream; a dotted alias on purpose
@@ -422,3 +426,53 @@ async def test_an_admin_creates_a_key_with_a_token_limit_over_http(
             assert words in r.json()["error"]["message"]
     record = await keys.lookup(created)
     assert record is not None and record.token_limit == Limit(10000, 60)
+
+
+async def test_usage_of_every_completed_call_survives_a_gateway_sigkill_right_after(
+    agentmesh_exe: str,
+    env_for: dict[str, str],
+    start_worker: StartWorker,
+    redis: aioredis.Redis,
+    settings: Settings,
+) -> None:
+    """Usage is what users bill from: written before the reply goes out, never after it."""
+    await start_worker({"models": [{"name": "echo", "deployments": [ECHO_DEPLOYMENT]}]})
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        agentmesh_exe,
+        "gateway",
+        "--port",
+        str(port),
+        env=env_for,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            async with asyncio.timeout(30):
+                while True:  # the process starts in its own time
+                    try:
+                        if (await http.get("/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.05)
+            body = {"model": "echo", "messages": [{"role": "user", "content": "bill me"}]}
+            for _ in range(20):
+                assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
+            async with http.stream(
+                "POST", "/v1/chat/completions", json={**body, "stream": True}
+            ) as r:
+                assert r.status_code == 200
+                assert "data: [DONE]" in (await r.aread()).decode()
+        proc.kill()  # SIGKILL the moment the last reply is in: nothing may be pending
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    [usage] = await UsageStore(redis, Subjects(settings.prefix)).read()
+    assert (usage.key_id, usage.model, usage.requests, usage.errors) == ("anonymous", "echo", 21, 0)
+    assert usage.total_tokens > 0
