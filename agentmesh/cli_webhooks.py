@@ -67,14 +67,17 @@ def create(
 Send deliveries to POST /webhooks/{hook.name} on any gateway replica, with headers
   X-Mesh-Timestamp: <unix seconds>   (within {hook.tolerance_seconds}s of the gateway's clock)
   X-Mesh-Delivery:  <a unique id per event; retries reuse it>
-  X-Mesh-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + raw body)>
+  X-Mesh-Signature: v2=<hex HMAC-SHA256(secret, "<timestamp>.<delivery id>." + raw body)>
+A signed request passes once: resent with another delivery id it is refused (409 REPLAYED).
+Retry an event with its own delivery id, signed afresh; once delivered it answers "duplicate".
 For example:
   SECRET={shlex.quote(hook.secret)}
-  body='{{"hello": "world"}}'; ts=$(date +%s)
-  sig=$(printf '%s.%s' "$ts" "$body" | openssl dgst -sha256 -hmac "$SECRET" | sed 's/^.*= //')
+  body='{{"hello": "world"}}'; ts=$(date +%s); id="evt-$ts-$RANDOM"
+  sig=$(printf '%s.%s.%s' "$ts" "$id" "$body" \\
+    | openssl dgst -sha256 -hmac "$SECRET" | sed 's/^.*= //')
   curl -sS -X POST http://127.0.0.1:8001/webhooks/{hook.name} \\
     -H 'Content-Type: application/json' -H "X-Mesh-Timestamp: $ts" \\
-    -H "X-Mesh-Delivery: evt-$ts-$RANDOM" -H "X-Mesh-Signature: sha256=$sig" \\
+    -H "X-Mesh-Delivery: $id" -H "X-Mesh-Signature: v2=$sig" \\
     --data-binary "$body"
 See docs/PROTOCOL.md, section 8."""
     )

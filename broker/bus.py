@@ -2,7 +2,9 @@
 
 Callers use `request` (one terminal frame) and `stream` (chunks, then one terminal frame);
 responders use `serve` (see `broker.service`). A watchdog declares a call dead when its
-responder, after acknowledging it, misses three keep-alives.
+responder, after acknowledging it, misses three keep-alives. While the connection is down or
+has just come back (`Bus.settling`), "no responders" is retried and a call nobody took fails
+with `Unavailable`, not `NoResponders` or `MeshTimeout`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 import uuid
 from collections import deque
@@ -53,6 +56,15 @@ tracer = trace.get_tracer("agentmesh.bus")
 _MISSED_KEEPALIVES = 3
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
+_RETRY_FIRST, _RETRY_MAX = 0.05, 0.4  # seconds between re-sends of a request nobody took
+# The publish failed because there is no connection (closed, or its reconnect buffer is full).
+_NOT_CONNECTED = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    OSError,
+)
 
 
 class _Call:
@@ -73,6 +85,9 @@ class _Call:
         "ended",
         "timer",
         "span",
+        "request",
+        "retries",
+        "resend",
     )
 
     def __init__(self, subject: str, reply: str) -> None:
@@ -86,6 +101,9 @@ class _Call:
         self.ended = False  # the responder sent a terminal frame (or nobody was there)
         self.timer: asyncio.TimerHandle | None = None
         self.span: trace.Span | None = None
+        self.request: tuple[bytes, dict[str, str] | None] = (b"", None)  # to send it again
+        self.retries = 0  # re-sends after "no responders" while the bus was settling
+        self.resend: asyncio.Task[None] | None = None
 
     def deliver(self, item: Frame | MeshError) -> None:
         self._items.append(item)
@@ -133,6 +151,7 @@ class Bus:
         self._retired_served = 0  # requests served by services that have stopped
         self.calls_made = 0  # requests this connection sent (request, deliver, stream)
         self._control: Any = None  # broker.service.Control, created with the first service
+        self._unsettled_until = 0.0  # monotonic; inf while disconnected (see `settling`)
 
     # Connection ------------------------------------------------------------------------------
     @classmethod
@@ -147,6 +166,7 @@ class Bus:
         settings = settings or Settings.from_env()
 
         connected = False
+        bus: Bus | None = None
 
         async def on_error(exc: Exception) -> None:
             # Before the first connection the failure is raised as ConnectionFailed instead.
@@ -160,9 +180,13 @@ class Bus:
         async def on_disconnect() -> None:
             if not nc.is_closed and not nc.is_draining:
                 logger.warning("disconnected from NATS %s; reconnecting", settings.nats_url)
+            if bus is not None:
+                bus._disconnected()
 
         async def on_reconnect() -> None:
             logger.info("reconnected to NATS %s", settings.nats_url)
+            if bus is not None:
+                bus._reconnected()
 
         try:
             nc = await nats.connect(
@@ -211,6 +235,32 @@ class Bus:
         return True
 
     @property
+    def settling(self) -> bool:
+        """Disconnected from NATS, or reconnected less than `Settings.reconnect_grace` ago.
+
+        Meanwhile other clients may not have re-subscribed yet, so "no responders" may be
+        untrue: a request is sent again until someone takes it or the grace ends.
+        """
+        return time.monotonic() < self._unsettled_until or not self.nc.is_connected
+
+    def _disconnected(self) -> None:
+        self._unsettled_until = math.inf
+        # A request not yet acknowledged (or its ack) may have been lost with the connection:
+        # say so now, as UNAVAILABLE, rather than as TIMEOUT at the deadline.
+        for call in self._calls.values():
+            if call.instance is None:
+                call.fail(
+                    Unavailable(
+                        f"the connection to NATS was lost before anyone took the call to "
+                        f"{call.subject}; it may not have been delivered",
+                        details={"subject": call.subject},
+                    )
+                )
+
+    def _reconnected(self) -> None:
+        self._unsettled_until = time.monotonic() + self.settings.reconnect_grace
+
+    @property
     def max_payload(self) -> int:
         return min(self.settings.max_message_bytes, self.nc.max_payload or 1 << 20)
 
@@ -228,7 +278,10 @@ class Bus:
             try:
                 await self.nc.drain()
             except (nats.errors.Error, OSError, TimeoutError):
-                await self.nc.close()
+                try:
+                    await self.nc.close()
+                except OSError:  # nats-py flushes what it buffered while reconnecting
+                    logger.debug("closed NATS with unsent messages (it was unreachable)")
 
     # Publishing ------------------------------------------------------------------------------
     def _check_size(self, data: bytes) -> None:
@@ -332,11 +385,19 @@ class Bus:
             # The span is not made current: a call may outlive the context it started in.
             call.span = tracer.start_span(f"call {subject}", kind=trace.SpanKind.CLIENT)
             propagate.inject(hdrs, context=trace.set_span_in_context(call.span))
-        call.timer = asyncio.get_running_loop().call_later(timeout, call.time_out, timeout)
+        call.timer = asyncio.get_running_loop().call_later(timeout, self._expire, call, timeout)
+        call.request = (data, hdrs or None)
         self._calls[token] = call
         self.calls_made += 1
         try:
             await self.nc.publish(subject, data, reply=call.reply, headers=hdrs or None)
+        except _NOT_CONNECTED as exc:
+            call.ended = True
+            await self._finish(call)
+            raise Unavailable(
+                f"cannot send to {subject}: not connected to NATS ({exc or type(exc).__name__})",
+                details={"subject": subject},
+            ) from None
         except BaseException as exc:
             # Cancelled inside publish: nats-py had already buffered the request, so it goes
             # out and must be cancelled. Any other failure means nothing was sent.
@@ -359,6 +420,8 @@ class Bus:
         self._calls.pop(call.reply[self._inbox_len :], None)
         if call.timer is not None:
             call.timer.cancel()
+        if call.resend is not None:
+            call.resend.cancel()
         if call.span is not None:
             call.span.end()
         if not call.ended:  # timed out, went silent, or the caller cancelled or stopped
@@ -385,6 +448,9 @@ class Bus:
         kind = hdrs.get(H_KIND)
         if kind is None:
             if hdrs.get(_STATUS) == _NO_RESPONDERS:
+                if self.settling and not call.dead:
+                    call.resend = asyncio.get_running_loop().create_task(self._send_again(call))
+                    return
                 call.ended = True
                 call.fail(
                     NoResponders(
@@ -403,6 +469,39 @@ class Bus:
             call.deliver(Frame(Kind(kind), msg.data, hdrs))
         except ValueError:
             logger.debug("ignoring a frame of unknown kind %r", kind)
+
+    async def _send_again(self, call: _Call) -> None:
+        """Nobody took the request while the bus is settling: send it again shortly (safe, as
+        "no responders" means no one received it)."""
+        call.retries += 1
+        await asyncio.sleep(min(_RETRY_FIRST * 2 ** (call.retries - 1), _RETRY_MAX))
+        if call.dead:
+            return
+        data, hdrs = call.request
+        try:
+            await self.nc.publish(call.subject, data, reply=call.reply, headers=hdrs)
+        except _NOT_CONNECTED as exc:
+            call.ended = True
+            call.fail(
+                Unavailable(
+                    f"cannot send to {call.subject}: not connected to NATS ({exc})",
+                    details={"subject": call.subject},
+                )
+            )
+
+    def _expire(self, call: _Call, timeout: float) -> None:
+        """The deadline passed. A call nobody took while the connection was settling is
+        UNAVAILABLE (retry later), not TIMEOUT."""
+        if call.instance is None and (call.retries or self.settling):
+            call.fail(
+                Unavailable(
+                    f"nobody took the call to {call.subject} within {timeout:g}s while the "
+                    "connection to NATS was being re-established",
+                    details={"subject": call.subject, "timeout": timeout},
+                )
+            )
+        else:
+            call.time_out(timeout)
 
     async def _watch(self) -> None:
         """Fail calls whose acknowledged responder missed three keep-alives (it died)."""

@@ -31,6 +31,9 @@ class Settings:
     # Calls: a responder sends keep-alives this often; a caller declares it dead after 3 missed.
     keepalive_interval: float = 5.0
     request_timeout: float = 30.0
+    # After a reconnect to NATS, other clients may not have re-subscribed yet: for this long a
+    # "no responders" answer is retried rather than reported (see `Bus.settling`).
+    reconnect_grace: float = 2.0
     # Bodies larger than this are refused with PAYLOAD_TOO_LARGE by callers and responders.
     max_message_bytes: int = 1024 * 1024
     # Concurrent handler calls per served subject per process.

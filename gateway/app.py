@@ -28,6 +28,7 @@ from agentmesh.gateway import (
     webhooks,
     websocket,
 )
+from agentmesh.gateway.bodies import JsonBodies
 from agentmesh.gateway.cors import LiveCORS
 from agentmesh.gateway.limits import BodyLimit
 from agentmesh.gateway.mcp_server import FederatedMCP
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     # A route, not a mount: a mount answers "/mcp" with a redirect to "/mcp/".
     app.router.routes.append(Route("/mcp", endpoint=mcp))
     # Both read the live config on every request: a reload changes `config` in place.
+    app.add_middleware(JsonBodies)  # inside BodyLimit: it buffers only bodies under the limit
     app.add_middleware(BodyLimit, config=config)
     app.add_middleware(LiveCORS, config=config)  # outermost: preflights need no key or body
     return app

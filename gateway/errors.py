@@ -4,19 +4,28 @@ The mesh's own routes answer `{"error": {"code", "message", "details"?}}`; the O
 routes (`/v1/...`) answer OpenAI's `{"error": {"message", "type", "param", "code"}}` and the
 Anthropic-compatible `/v1/messages` answers `{"type": "error", "error": {"type", "message"}}`,
 so each API's own SDK raises its own exceptions.
+
+Every 503 (`UNAVAILABLE`: Redis unreachable, NATS reconnecting, an instance gone mid-call)
+carries `Retry-After`; a Redis error no route handled is such a 503, never a 500.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agentmesh.schemas.errors import ErrorCode, Forbidden, MeshError, RateLimited
+from agentmesh.schemas.errors import ErrorCode, Forbidden, MeshError, RateLimited, Unavailable
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER = 1  # seconds, on every 503: Redis restarts and NATS reconnects take about that
 
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.AGENT_NOT_FOUND: 404,
@@ -33,6 +42,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.MODEL_NOT_FOUND: 404,
     ErrorCode.TOOL_NOT_FOUND: 404,
     ErrorCode.TOOL_ERROR: 422,  # the MCP server refused the call
+    ErrorCode.REPLAYED: 409,  # a webhook signature seen before with another delivery id
 }
 
 _HTTP_CODES = {
@@ -130,9 +140,17 @@ def error_response(exc: MeshError, path: str = "") -> JSONResponse:
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         else:  # can never pass: no Retry-After, and JSON has no infinity
             details = {**details, "retry_after": None}
+    elif status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER)
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return render(path, status, exc.code, exc.message, details or None, headers)
+
+
+def redis_unavailable(exc: RedisError) -> Unavailable:
+    """A Redis failure as the caller sees it: retry later (the raw error is only logged)."""
+    logger.warning("Redis is unreachable: %s", exc)
+    return Unavailable("the mesh's state (Redis) is unreachable; retry shortly")
 
 
 def install(app: FastAPI) -> None:
@@ -141,6 +159,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(MeshError)
     async def mesh_error(request: Request, exc: MeshError) -> JSONResponse:
         return error_response(exc, request.url.path)
+
+    @app.exception_handler(RedisError)
+    async def redis_error(request: Request, exc: RedisError) -> JSONResponse:
+        return error_response(redis_unavailable(exc), request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

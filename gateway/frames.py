@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentmesh.broker.subjects import validate_id
+from agentmesh.schemas import encodable
 from agentmesh.schemas.agent import AgentCard
 from agentmesh.schemas.envelope import (
     Chunk,
@@ -125,14 +126,23 @@ def parse_frame(text: str) -> IncomingFrame:
     """One text frame from the agent, validated.
 
     Raises:
-        InvalidMessage: not JSON, not an object, an unknown `type`, or invalid fields.
+        InvalidMessage: not JSON, not an object, an unknown `type`, invalid fields, or a value
+            the mesh cannot carry (schemas/encodable.py).
     """
     try:
-        obj = json.loads(text)
+        obj = encodable.parse(text)
     except ValueError as exc:
         raise InvalidMessage(f"the frame is not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise InvalidMessage(f"a frame must be a JSON object, not {type(obj).__name__}")
+    mid = obj.get("message_id")
+    if not (isinstance(mid, str) and 0 < len(mid) <= MAX_TEXT_FIELD):
+        mid = None
+    try:
+        encodable.screen(text, obj)  # before anything of the frame is echoed or used
+    except InvalidMessage as exc:
+        mid = mid if mid is not None and encodable.problem(mid) is None else None
+        raise FrameError(f"invalid frame: {exc.message}", message_id=mid) from None
     kind = obj.get("type")
     model = _MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
@@ -140,8 +150,6 @@ def parse_frame(text: str) -> IncomingFrame:
             f"unknown frame type {kind!r}: expected one of {', '.join(_MODELS)}",
             details={"type": kind if isinstance(kind, str | int | float | None) else None},
         )
-    mid = obj.get("message_id")
-    mid = mid if isinstance(mid, str) and 0 < len(mid) <= MAX_TEXT_FIELD else None
     try:
         if isinstance(obj.get("content"), list):
             obj["content"] = [_unbase64(p) for p in obj["content"]]

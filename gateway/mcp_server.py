@@ -8,7 +8,8 @@ apply as on every route (scope `send`); a key limited to some tools sees and cal
 Errors follow the spec: an unknown (or hidden) tool is a JSON-RPC `-32602`; a JSON-RPC error of
 the upstream server is passed on with its code; a tool that is unreachable or slow right now is
 an `isError` result whose text starts with the mesh's error code (`UNAVAILABLE: ...`), so a
-model can read it and try again later.
+model can read it and try again later. With Redis unreachable, `tools/list` is a JSON-RPC
+`-32603` error whose message starts with `UNAVAILABLE: ` (data: `code`, `retry_after`).
 """
 
 from __future__ import annotations
@@ -22,20 +23,34 @@ import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
+from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from agentmesh.gateway.auth import Principal, require
 from agentmesh.gateway.auth import Scope as KeyScope
-from agentmesh.gateway.errors import error_response
+from agentmesh.gateway.errors import RETRY_AFTER, error_body, error_response, redis_unavailable
 from agentmesh.gateway.state import GatewayState, state_of
-from agentmesh.schemas.errors import Forbidden, InvalidMessage, MeshError, ToolError, ToolNotFound
+from agentmesh.schemas.errors import (
+    ErrorCode,
+    Forbidden,
+    InvalidMessage,
+    MeshError,
+    ToolError,
+    ToolNotFound,
+)
 from agentmesh.schemas.version import __version__
 
 logger = logging.getLogger(__name__)
 
 _PRINCIPAL = "agentmesh.principal"  # the ASGI scope key the auth wrapper fills in
 _CHECK_KEY = require(KeyScope.SEND)
+_NO_STREAM = JSONResponse(  # what the gateway answers any method a route does not take
+    error_body(ErrorCode.INVALID_MESSAGE, "/mcp offers no server stream (GET): POST JSON-RPC"),
+    status_code=405,
+    headers={"Allow": "POST, DELETE"},
+)
 
 
 class FederatedMCP:
@@ -65,6 +80,11 @@ class FederatedMCP:
         """ASGI: authenticate like every gateway route, then hand over to the SDK."""
         if scope["type"] != "http":
             return
+        if scope["method"] == "GET":
+            # Stateless: no server-initiated stream to offer. The spec's answer is 405; handing
+            # the GET to the SDK opened an SSE stream that never sent a byte and never closed.
+            await _NO_STREAM(scope, receive, send)
+            return
         try:
             scope[_PRINCIPAL] = await _CHECK_KEY(HTTPConnection(scope))
         except MeshError as exc:
@@ -77,8 +97,17 @@ class FederatedMCP:
         self, ctx: Any, params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         state, principal = self._caller(ctx)
+        try:
+            visible = await state.tools.visible(principal)
+        except RedisError as exc:
+            down = redis_unavailable(exc)
+            raise MCPError(
+                code=types.INTERNAL_ERROR,
+                message=f"{down.code}: {down.message}",
+                data={"code": str(down.code), "retry_after": RETRY_AFTER},
+            ) from None
         tools = []
-        for entry in await state.tools.visible(principal):
+        for entry in visible:
             # The original names stay in the tool's _meta.
             meta = {**entry.tool.get("_meta", {}), "agentmesh/server": entry.server}
             meta["agentmesh/tool"] = entry.name
@@ -90,7 +119,10 @@ class FederatedMCP:
         self, ctx: Any, params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         state, principal = self._caller(ctx)
-        entry = await state.tools.federated(params.name)
+        try:
+            entry = await state.tools.federated(params.name)
+        except RedisError as exc:
+            return _retry_later(redis_unavailable(exc))
         unknown = MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
         if entry is None or not principal.may_use_tool(entry.server, entry.name):
             raise unknown
@@ -110,10 +142,9 @@ class FederatedMCP:
         except InvalidMessage as exc:
             raise MCPError(code=types.INVALID_PARAMS, message=exc.message) from None
         except MeshError as exc:  # UNAVAILABLE, TIMEOUT, RATE_LIMIT, ...: the model may retry
-            return types.CallToolResult(
-                content=[types.TextContent(type="text", text=f"{exc.code}: {exc.message}")],
-                is_error=True,
-            )
+            return _retry_later(exc)
+        except RedisError as exc:
+            return _retry_later(redis_unavailable(exc))
         return types.CallToolResult.model_validate(result.raw)
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:
@@ -124,3 +155,11 @@ class FederatedMCP:
         if request is None or _PRINCIPAL not in request.scope:  # not through __call__
             raise MCPError(code=types.INTERNAL_ERROR, message="no caller for this request")
         return state_of(request), request.scope[_PRINCIPAL]
+
+
+def _retry_later(exc: MeshError) -> types.CallToolResult:
+    """A failure the model may retry later, as a result it can read: `CODE: message`."""
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=f"{exc.code}: {exc.message}")],
+        is_error=True,
+    )

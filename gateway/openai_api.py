@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from agentmesh.agents.llm import LLM
 from agentmesh.gateway.auth import Principal, Scope, require
+from agentmesh.gateway.bodies import read_json
 from agentmesh.gateway.errors import STATUS
 from agentmesh.gateway.llm_limits import Meter
 from agentmesh.gateway.state import GatewayState, get_state
@@ -29,7 +30,7 @@ router = APIRouter(tags=["llm"])
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The request's body, which must be a JSON object (else INVALID_MESSAGE)."""
     try:
-        body = json.loads(await request.body())
+        body = await read_json(request)
     except ValueError as exc:
         raise InvalidMessage(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):

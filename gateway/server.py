@@ -76,6 +76,9 @@ def make_server(
             port=port,
             log_level=log_level,
             lifespan="on",
+            # wsproto: uvicorn's default (websockets-sansio) never answered nor closed an upgrade
+            # whose request line passed 8 KiB, so such sockets were held (issue 10, item 7).
+            ws="wsproto",
             ws_max_size=config.max_body_bytes,
             ws_ping_interval=20,
             ws_ping_timeout=20,

@@ -18,12 +18,18 @@ from agentmesh.gateway.cors import CORSPolicy
 if TYPE_CHECKING:
     from agentmesh.gateway.tools import ToolDirectory
 
+MIN_ADMIN_TOKEN_LEN = 16
+
 
 @dataclass
 class GatewayConfig:
-    """Gateway options beyond the mesh `Settings` (`AGENTMESH_AUTH`, `AGENTMESH_GATEWAY_*`)."""
+    """Gateway options beyond the mesh `Settings` (`AGENTMESH_AUTH`, `AGENTMESH_ADMIN_TOKEN`,
+    `AGENTMESH_GATEWAY_*`)."""
 
     auth: bool = False  # AGENTMESH_AUTH=on: every call needs an API key
+    # AGENTMESH_ADMIN_TOKEN: a bootstrap secret that opens the admin routes (keys, usage), also
+    # with auth off; with auth off and no token those routes are off.
+    admin_token: str | None = field(default=None, repr=False)
     max_body_bytes: int = 1024 * 1024  # HTTP bodies and WebSocket frames
     ws_idle_timeout: float | None = None  # default: the heartbeat timeout
     cors: CORSPolicy | None = None  # none: no CORS headers
@@ -41,13 +47,19 @@ class GatewayConfig:
 
         env = os.environ if environ is None else environ
         auth = env.get("AGENTMESH_AUTH", "off").strip().lower() in {"on", "1", "true", "yes"}
+        admin_token = env.get("AGENTMESH_ADMIN_TOKEN", "").strip() or None
+        if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN_LEN:
+            raise ValueError(
+                f"AGENTMESH_ADMIN_TOKEN is too short: use at least {MIN_ADMIN_TOKEN_LEN} "
+                "characters (for example `openssl rand -hex 32`)"
+            )
         try:
             body = int(env.get("AGENTMESH_GATEWAY_MAX_BODY_BYTES", cls.max_body_bytes))
             idle_text = env.get("AGENTMESH_GATEWAY_WS_IDLE_TIMEOUT", "")
             idle = float(idle_text) if idle_text else None
         except ValueError as exc:
             raise ValueError(f"bad AGENTMESH_GATEWAY_* setting: {exc}") from None
-        return cls(auth=auth, max_body_bytes=body, ws_idle_timeout=idle)
+        return cls(auth=auth, admin_token=admin_token, max_body_bytes=body, ws_idle_timeout=idle)
 
 
 @dataclass

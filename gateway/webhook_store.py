@@ -3,6 +3,7 @@
 <p>:webhook:<name>                       HASH agent_id, secret, created_at, tolerance_seconds
 <p>:webhooks                             SET of webhook names (for `list`)
 <p>:webhook-delivery:<name>:<delivery>   STRING "pending <token>" while delivering, then "done"
+<p>:webhook-signature:<name>:<hex>       STRING the delivery id that signature came with
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
-# Claim a delivery id: set "pending <token>" if absent, else return what is there.
+# Claim a delivery id (or bind a signature to one): set ARGV[1] if absent, else return the old.
 _CLAIM = """
 local old = redis.call('GET', KEYS[1])
 if old then return old end
@@ -112,6 +113,9 @@ class WebhookStore:
     def _delivery_key(self, name: str, delivery_id: str) -> str:
         return self.subjects.key("webhook-delivery", name, delivery_id)
 
+    def _signature_key(self, name: str, mac: str) -> str:
+        return self.subjects.key("webhook-signature", name, mac)
+
     # Definitions ---------------------------------------------------------------------------
     async def create(
         self,
@@ -180,6 +184,23 @@ class WebhookStore:
         return bool(deleted)
 
     # Deliveries ----------------------------------------------------------------------------
+    async def bind_signature(self, hook: Webhook, mac: str, delivery_id: str) -> str | None:
+        """Tie a verified signature (`mac`, lower-case hex) to `delivery_id` while it can pass.
+
+        Returns None when the signature is new or came with this delivery id before (a retry of
+        the same request); otherwise the delivery id it came with first: this is a replay.
+        Kept for 2x the tolerance, after which the signature's timestamp fails anyway.
+        """
+        old = await _redis(
+            self._claim(
+                keys=[self._signature_key(hook.name, mac)],
+                args=[delivery_id, 2 * hook.tolerance_seconds],
+            )
+        )
+        if old is None or old.decode() == delivery_id:
+            return None
+        return old.decode()
+
     async def claim(self, hook: Webhook, delivery_id: str, *, ttl: float) -> tuple[Claim, str]:
         """Claim `delivery_id` for `ttl` seconds; returns the claim and its release token."""
         token = f"pending {uuid.uuid4().hex}"

@@ -1,6 +1,8 @@
 """`POST /webhooks/{name}`: signed webhook deliveries into the mesh (see docs/PROTOCOL.md §8).
 
-The HMAC signature is the caller's credential, so these calls need no API key.
+The HMAC signature is the caller's credential, so these calls need no API key. A signature
+passes once: it is tied in Redis to the delivery id it came with, so a captured request replayed
+with another `X-Mesh-Delivery` is refused (v2 signatures also cover the id itself).
 """
 
 from __future__ import annotations
@@ -43,12 +45,22 @@ RETRY_AFTER = 10  # seconds, for answers that ask the sender to try again
 FORWARDED_HEADERS = ("user-agent", "x-request-id", "x-forwarded-for")
 
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
-_SIGNATURE_RE = re.compile(r"sha256=([0-9a-fA-F]{64})")
+_SIGNATURE_RE = re.compile(r"(?:v2|sha256)=[0-9a-fA-F]{64}")
 _TEXT_TYPES = ("application/x-www-form-urlencoded", "application/xml")
 
 
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    """The `X-Mesh-Signature` value for a delivery: `sha256=` + hex HMAC of `"<ts>." + body`."""
+def signature(secret: str, timestamp: str, delivery_id: str, body: bytes) -> str:
+    """The `X-Mesh-Signature` value for a delivery (v2): `v2=` + hex HMAC-SHA256 of
+    `"<ts>.<delivery id>." + body`."""
+    message = f"{timestamp}.{delivery_id}.".encode() + body
+    return "v2=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def legacy_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The v1 value, still accepted: `sha256=` + hex HMAC-SHA256 of `"<ts>." + body`.
+
+    It does not cover the delivery id; de-duplication on the signature keeps it from replaying.
+    """
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
 
@@ -67,16 +79,33 @@ async def receive(name: str, request: Request, state: GatewayState = Depends(get
 
     timestamp = _header(request, TIMESTAMP, _TIMESTAMP_RE, "unix seconds, digits only")
     delivery_id = validate_delivery_id(_header(request, DELIVERY))
-    sent = _header(request, SIGNATURE, _SIGNATURE_RE, "'sha256=' and 64 hex digits")
+    sent = _header(request, SIGNATURE, _SIGNATURE_RE, "'v2=' and 64 hex digits").lower()
     body = await request.body()  # the raw bytes: what the sender signed
-    if not hmac.compare_digest(signature(hook.secret, timestamp, body), sent.lower()):
-        raise Unauthorized("webhook signature does not match", details={"webhook": name})
+    if sent.startswith("v2="):
+        expected = signature(hook.secret, timestamp, delivery_id, body)
+    else:
+        expected = legacy_signature(hook.secret, timestamp, body)
+    if not hmac.compare_digest(expected, sent):
+        raise Unauthorized(
+            "webhook signature does not match (v2 signs '<timestamp>.<delivery id>.' + body)",
+            details={"webhook": name},
+        )
     skew = time.time() - int(timestamp)
     if abs(skew) > hook.tolerance_seconds:
         raise Unauthorized(
             "timestamp outside the tolerance window",
             details={"tolerance_seconds": hook.tolerance_seconds, "skew_seconds": round(skew)},
         )
+
+    # A signature passes with one delivery id only: a copy with another id is a replay.
+    if await store.bind_signature(hook, sent.partition("=")[2], delivery_id) is not None:
+        error = error_body(
+            ErrorCode.REPLAYED,
+            "this signed request was already received with another X-Mesh-Delivery: a replay is "
+            "refused; sign each new event afresh (v2 signs the delivery id too)",
+            {"webhook": name, "delivery_id": delivery_id},
+        )
+        return JSONResponse(error, 409)
 
     # Held while delivering; kept until the longest deliver call could end.
     ttl = state.settings.request_timeout + RETRY_AFTER
@@ -151,7 +180,7 @@ async def _deliver(
     )
     try:
         data = _encode(message, hook)
-    except (ValueError, OverflowError, RecursionError):
+    except (InvalidMessage, ValueError, OverflowError, RecursionError):
         # JSON that msgpack cannot carry (integers beyond 64 bits, lone surrogates, very deep
         # nesting) still reaches the agent, as the text it was sent as.
         message.content = [TextPart(text=body.decode("utf-8", errors="replace"))]

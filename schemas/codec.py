@@ -8,12 +8,26 @@ from typing import Any, TypeVar
 import msgpack
 from pydantic import BaseModel, ValidationError
 
+from agentmesh.schemas.encodable import problem
 from agentmesh.schemas.envelope import Message, new_id, to_parts
 from agentmesh.schemas.errors import InvalidMessage
 
 M = TypeVar("M", bound=BaseModel)
 
-_packb = msgpack.Packer(use_bin_type=True).pack
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def _packb(value: Any) -> bytes:
+    """Pack, or refuse what msgpack cannot carry with `InvalidMessage` naming the field.
+
+    The edges screen JSON from outside (schemas/encodable.py); this catches the rest (an SDK
+    caller's lone surrogate, a handler's 2**70), at no cost until a pack fails.
+    """
+    try:
+        return _pack(value)
+    except (UnicodeEncodeError, OverflowError, ValueError, TypeError) as exc:
+        reason = problem(value) or f"{type(exc).__name__}: {exc}"
+        raise InvalidMessage(f"cannot encode the message: {reason}") from None
 
 
 def encode(model: BaseModel) -> bytes:

@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"  # no such route or resource (other than an agent)
     TOOL_NOT_FOUND = "TOOL_NOT_FOUND"  # no such MCP server or tool in the mesh now
     TOOL_ERROR = "TOOL_ERROR"  # the MCP server refused the call (JSON-RPC error, or isError)
+    REPLAYED = "REPLAYED"  # a signed webhook request came again with another delivery id
 
 
 class ErrorInfo(BaseModel):

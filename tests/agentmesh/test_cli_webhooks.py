@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
+
+import pytest
 
 from agentmesh.broker.connections import connect_redis
 from agentmesh.broker.servers import free_port
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects
 from agentmesh.gateway.webhook_store import WebhookStore
+from agentmesh.gateway.webhooks import signature
 from tests.agentmesh.test_cli import run_cli
 
 
@@ -31,7 +36,8 @@ async def test_create_prints_a_generated_secret_once_and_list_never_shows_it(
     secret = await stored_secret(settings, "github")
     assert secret is not None and len(secret) >= 43  # token_urlsafe(32)
     assert f"secret (shown once, store it now): {secret}" in r.out
-    assert "X-Mesh-Signature: sha256=" in r.out and "/webhooks/github" in r.out
+    assert "X-Mesh-Signature: v2=" in r.out and "/webhooks/github" in r.out
+    assert "409 REPLAYED" in r.out
 
     listed = await run_cli(agentmesh_exe, "webhooks", "list", env=env_for)
     assert listed.code == 0, listed.err
@@ -42,6 +48,25 @@ async def test_create_prints_a_generated_secret_once_and_list_never_shows_it(
     assert [h["name"] for h in json.loads(as_json.out)] == ["github"]
     for out in (listed.out, as_json.out):
         assert secret not in out and "secret" not in out
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the recipe uses openssl")
+async def test_the_printed_recipe_computes_the_v2_signature_the_gateway_checks(
+    agentmesh_exe: str, env_for: dict[str, str], settings: Settings
+) -> None:
+    r = await run_cli(agentmesh_exe, "webhooks", "create", "ci", "--agent", "x", env=env_for)
+    assert r.code == 0, r.err
+    lines = r.out.split("For example:\n", 1)[1].split("  curl ", 1)[0]
+    script = lines + '\nprintf \'%s\\n%s\\n%s\' "$ts" "$id" "$sig"\n'
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    ts, delivery_id, sig = out.decode().split("\n")
+    secret = await stored_secret(settings, "ci")
+    assert secret is not None
+    assert signature(secret, ts, delivery_id, b'{"hello": "world"}') == f"v2={sig}"
 
 
 async def test_create_takes_a_secret_from_the_environment_and_a_tolerance(

@@ -8,9 +8,10 @@ import asyncio
 import pytest
 
 from agentmesh.broker.bus import Bus
+from agentmesh.broker.servers import NatsServer
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.types import Request
-from agentmesh.schemas.errors import ErrorCode, NoResponders
+from agentmesh.schemas.errors import ErrorCode, NoResponders, Unavailable
 
 
 async def test_calls_cancelled_at_any_moment_leave_no_handler_running_and_no_slot_taken(
@@ -63,3 +64,48 @@ async def test_a_call_nobody_serves_raises_no_responders_at_once_for_every_kind_
             with pytest.raises(NoResponders):
                 async for _ in caller.stream(subject, b"x", timeout=60):
                     pass
+
+
+async def test_a_request_nobody_took_just_after_a_reconnect_is_sent_again_until_served(
+    settings: Settings, own_nats: NatsServer
+) -> None:
+    own = settings.with_(nats_url=own_nats.url, reconnect_grace=30.0)
+    subject = f"{own.prefix}.agent.late"
+    async with await Bus.connect(own) as caller:
+        reconnected = asyncio.Event()
+        mark_settling = caller._reconnected
+
+        def on_reconnected() -> None:
+            mark_settling()
+            reconnected.set()
+
+        caller._reconnected = on_reconnected  # type: ignore[method-assign]
+        await asyncio.to_thread(own_nats.stop)
+        await asyncio.to_thread(own_nats.start)
+        async with asyncio.timeout(15):
+            await reconnected.wait()
+        assert caller.settling
+        call = asyncio.create_task(caller.request(subject, b"hi", timeout=10))
+        await asyncio.sleep(0)  # let the call publish its request
+        await caller.nc.flush()  # the server has answered it: nobody serves `subject` yet
+        async with await Bus.connect(own) as server:
+
+            async def handler(request: Request) -> bytes:
+                return b"late but " + request.data
+
+            await server.serve(subject, handler, queue=subject)
+            await server.nc.flush()
+            async with asyncio.timeout(10):
+                assert (await call).data == b"late but hi"
+
+
+async def test_a_call_nobody_took_while_nats_is_down_is_unavailable_not_a_timeout(
+    settings: Settings, own_nats: NatsServer
+) -> None:
+    own = settings.with_(nats_url=own_nats.url)
+    async with await Bus.connect(own) as caller:
+        await asyncio.to_thread(own_nats.stop)
+        with pytest.raises(Unavailable) as err:
+            await caller.request(f"{own.prefix}.agent.anyone", b"hi", timeout=0.5)
+        assert not isinstance(err.value, NoResponders)
+        await asyncio.to_thread(own_nats.start)

@@ -97,9 +97,77 @@ async def test_a_gateway_with_auth_off_answers_without_a_key_and_says_so_in_its_
         replica = await start_gateway(config=GatewayConfig(auth=False))
     async with httpx.AsyncClient(base_url=replica.url) as http:
         assert (await http.get("/gateway/agents")).status_code == 200
-        assert (await http.get("/gateway/keys")).status_code == 200
     warnings = [r.getMessage() for r in caplog.records if r.name == "agentmesh.gateway.app"]
     assert any("auth is OFF" in w and "AGENTMESH_AUTH=on" in w for w in warnings), warnings
+
+
+ADMIN_TOKEN = "bootstrap-admin-token-0123456789"
+ADMIN_CALLS = [
+    ("POST", "/gateway/keys", {"name": "minted", "scopes": ["admin"]}),
+    ("GET", "/gateway/keys", None),
+    ("DELETE", "/gateway/keys/k3x9q2m7a1b4", None),
+    ("GET", "/gateway/usage", None),
+]
+
+
+async def test_an_auth_off_gateway_refuses_every_anonymous_admin_call_and_says_how_to_enable_it(
+    start_gateway: StartGateway, keys: KeyStore
+) -> None:
+    replica = await start_gateway(config=GatewayConfig(auth=False))
+    async with httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
+        for method, path, body in ADMIN_CALLS:
+            r = await http.request(method, path, json=body)
+            assert r.status_code == 403, (path, r.text)
+            error = r.json()["error"]
+            assert error["code"] == "UNAUTHORIZED" and error["details"] == {"reason": "admin_off"}
+            assert "AGENTMESH_AUTH=on" in error["message"]
+            assert "AGENTMESH_ADMIN_TOKEN" in error["message"]
+        # Not a key in sight: an auth-off gateway gives no one an admin.
+        r = await http.post("/gateway/keys", json={"name": "x"}, headers=bearer("amk_x_y"))
+        assert r.status_code == 403
+    assert await keys.list() == []
+
+
+async def test_the_bootstrap_admin_token_opens_the_admin_routes_of_an_auth_off_gateway(
+    start_gateway: StartGateway, keys: KeyStore
+) -> None:
+    config = GatewayConfig(auth=False, admin_token=ADMIN_TOKEN)
+    replica = await start_gateway(config=config)
+    async with httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
+        for headers in ({}, bearer("wrong-token-wrong-token-wrong"), bearer(ADMIN_TOKEN + "x")):
+            r = await http.post("/gateway/keys", json={"name": "x"}, headers=headers)
+            assert r.status_code == 401, r.text
+            assert "AGENTMESH_ADMIN_TOKEN" in r.json()["error"]["message"]
+            assert ADMIN_TOKEN not in r.text
+        body = {"name": "ops", "scopes": ["admin"]}
+        created = await http.post("/gateway/keys", json=body, headers=bearer(ADMIN_TOKEN))
+        assert created.status_code == 201, created.text
+        r = await http.get("/gateway/usage", headers={"X-API-Key": ADMIN_TOKEN})
+        assert r.status_code == 200
+        assert (await http.get("/gateway/agents")).status_code == 200  # the rest stays open
+    assert [k.name for k in await keys.list()] == ["ops"]
+
+
+async def test_the_bootstrap_admin_token_works_on_an_auth_on_gateway_for_admin_routes_only(
+    start_gateway: StartGateway, keys: KeyStore
+) -> None:
+    replica = await start_gateway(config=GatewayConfig(auth=True, admin_token=ADMIN_TOKEN))
+    async with httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
+        r = await http.post("/gateway/keys", json={"name": "first"}, headers=bearer(ADMIN_TOKEN))
+        assert r.status_code == 201, r.text
+        key = r.json()["key"]
+        assert (await http.get("/gateway/agents", headers=bearer(key))).status_code == 200
+        assert_401(await http.get("/gateway/agents", headers=bearer(ADMIN_TOKEN)))
+        admin = await make_key(keys, Scope.ADMIN)
+        assert (await http.get("/gateway/keys", headers=bearer(admin))).status_code == 200
+
+
+def test_the_admin_token_comes_from_the_environment_is_never_short_and_never_printed() -> None:
+    config = GatewayConfig.from_env({"AGENTMESH_ADMIN_TOKEN": f" {ADMIN_TOKEN} "})
+    assert config.admin_token == ADMIN_TOKEN and ADMIN_TOKEN not in repr(config)
+    assert GatewayConfig.from_env({}).admin_token is None
+    with pytest.raises(ValueError, match="AGENTMESH_ADMIN_TOKEN is too short"):
+        GatewayConfig.from_env({"AGENTMESH_ADMIN_TOKEN": "short"})
 
 
 async def test_a_gateway_with_auth_on_does_not_warn_that_it_is_open(

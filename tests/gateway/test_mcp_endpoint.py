@@ -79,3 +79,14 @@ async def test_a_session_spans_replicas(start_mcp_worker, start_gateway):
     assert "demo_echo" in {t["name"] for t in listed.json()["result"]["tools"]}
     called = await rpc(first, "tools/call", {"name": "demo_echo", "arguments": {"text": "hi"}}, 3)
     assert called.json()["result"]["content"][0]["text"] == "hi"
+
+
+@pytest.mark.parametrize("version", ["2025-11-25", "2026-07-28", None])
+async def test_a_get_for_a_server_stream_is_answered_405_at_once_not_held_open(gateway, version):
+    headers = {"Accept": "text/event-stream"}
+    if version:
+        headers["MCP-Protocol-Version"] = version
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=5) as http:
+        r = await http.get("/mcp", headers=headers)
+    assert r.status_code == 405 and r.headers["allow"] == "POST, DELETE"
+    assert r.json()["error"]["code"] == "INVALID_MESSAGE"

@@ -32,11 +32,13 @@ SECRET = "whsec-test-0123456789abcdef"
 WAIT = 5.0
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
+def sign(secret: str, timestamp: str, delivery: str, body: bytes, *, v1: bool = False) -> str:
     """What a sender computes, written out independently of the gateway's code."""
-    return (
-        "sha256=" + hmac.new(secret.encode(), f"{timestamp}.".encode() + body, "sha256").hexdigest()
-    )
+    if v1:  # the legacy scheme: the delivery id is not signed
+        mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, "sha256")
+        return "sha256=" + mac.hexdigest()
+    mac = hmac.new(secret.encode(), f"{timestamp}.{delivery}.".encode() + body, "sha256")
+    return "v2=" + mac.hexdigest()
 
 
 def signed(
@@ -46,13 +48,15 @@ def signed(
     ts: float | None = None,
     delivery: str | None = None,
     content_type: str = "application/json",
+    v1: bool = False,
 ) -> dict[str, str]:
     timestamp = str(int(time.time() if ts is None else ts))
+    delivery = delivery or f"dlv-{uuid.uuid4().hex}"
     return {
         "Content-Type": content_type,
         "X-Mesh-Timestamp": timestamp,
-        "X-Mesh-Delivery": delivery or f"dlv-{uuid.uuid4().hex}",
-        "X-Mesh-Signature": sign(secret, timestamp, body),
+        "X-Mesh-Delivery": delivery,
+        "X-Mesh-Signature": sign(secret, timestamp, delivery, body, v1=v1),
     }
 
 
@@ -261,6 +265,73 @@ async def test_an_unknown_or_deleted_webhook_is_404(
     assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
 
 
+# Replays with another delivery id -------------------------------------------------------------
+async def test_a_captured_v1_request_replayed_with_a_new_delivery_id_is_refused_on_every_replica(
+    start_gateway: StartGateway, store: WebhookStore, triage: Recorder
+) -> None:
+    a, b = await start_gateway(), await start_gateway()
+    async with (
+        httpx.AsyncClient(base_url=a.url, timeout=10) as on_a,
+        httpx.AsyncClient(base_url=b.url, timeout=10) as on_b,
+    ):
+        body = b'{"pay": 100}'
+        captured = signed(body, delivery="evt-real", v1=True)
+        assert (await post(on_a, body, captured)).status_code == 202
+        for client, new_id in ((on_a, "evt-forged-1"), (on_b, "evt-forged-2")):
+            r = await post(client, body, captured | {"X-Mesh-Delivery": new_id})
+            assert r.status_code == 409, r.text
+            error = r.json()["error"]
+            assert error["code"] == "REPLAYED" and "replay" in error["message"]
+            assert error["details"] == {"webhook": "github", "delivery_id": new_id}
+        assert (await triage.next()).conversation_id == "evt-real"
+        await assert_next_is_a_fresh_delivery(on_b, triage)
+
+
+async def test_a_v2_signature_covers_the_delivery_id_so_a_replay_with_a_new_id_is_401(
+    http: httpx.AsyncClient, store: WebhookStore, triage: Recorder
+) -> None:
+    body = b'{"pay": 100}'
+    captured = signed(body, delivery="evt-real")
+    assert (await post(http, body, captured)).status_code == 202
+    r = await post(http, body, captured | {"X-Mesh-Delivery": "evt-forged"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
+    assert "signature does not match" in r.json()["error"]["message"]
+    assert (await triage.next()).conversation_id == "evt-real"
+    await assert_next_is_a_fresh_delivery(http, triage)
+
+
+@pytest.mark.parametrize("v1", [False, True], ids=["v2", "v1"])
+async def test_the_same_signed_request_sent_again_with_its_own_id_is_a_duplicate(
+    http: httpx.AsyncClient, store: WebhookStore, triage: Recorder, v1: bool
+) -> None:
+    body = b'{"n": 5}'
+    headers = signed(body, delivery="evt-5", v1=v1)
+    assert (await post(http, body, headers)).status_code == 202
+    again = await post(http, body, headers)  # a sender that retries the very same bytes
+    assert again.status_code == 200
+    assert again.json() == {"status": "duplicate", "delivery_id": "evt-5"}
+    assert (await triage.next()).conversation_id == "evt-5"
+    await assert_next_is_a_fresh_delivery(http, triage)
+
+
+async def test_a_request_that_failed_is_delivered_when_resent_but_a_replay_of_it_is_still_refused(
+    http: httpx.AsyncClient, store: WebhookStore, start_agent: StartAgent
+) -> None:
+    body = b'{"n": 6}'
+    headers = signed(body, delivery="evt-6", v1=True)
+    assert (await post(http, body, headers)).status_code == 503  # no agent online yet
+    replay = await post(http, body, headers | {"X-Mesh-Delivery": "evt-forged"})
+    assert replay.status_code == 409 and replay.json()["error"]["code"] == "REPLAYED"
+
+    late = recorder("triage")
+    await start_agent(late.agent)
+    r = await post(http, body, headers)  # the sender resends the same bytes
+    assert r.status_code == 202 and r.json()["status"] == "delivered"
+    got = await late.next()
+    assert got.conversation_id == "evt-6" and got.data == {"n": 6}
+    assert late.received.empty()
+
+
 # De-duplication ------------------------------------------------------------------------------
 async def test_the_same_delivery_id_twice_is_delivered_once(
     http: httpx.AsyncClient, store: WebhookStore, triage: Recorder
@@ -348,8 +419,16 @@ async def test_a_body_over_the_gateway_limit_is_413_and_not_delivered(
         await assert_next_is_a_fresh_delivery(client, triage)
 
 
-def test_the_signature_is_hmac_sha256_over_timestamp_dot_raw_body() -> None:
+def test_the_signature_is_hmac_sha256_over_timestamp_dot_delivery_id_dot_raw_body() -> None:
     from agentmesh.gateway.webhooks import signature
 
+    message = b"1700000000.evt-1." + b'{"a":1}'
+    expected = hmac.new(b"k" * 16, message, hashlib.sha256).hexdigest()
+    assert signature("k" * 16, "1700000000", "evt-1", b'{"a":1}') == f"v2={expected}"
+
+
+def test_the_legacy_signature_is_hmac_sha256_over_timestamp_dot_raw_body() -> None:
+    from agentmesh.gateway.webhooks import legacy_signature
+
     expected = hmac.new(b"k" * 16, b"1700000000." + b'{"a":1}', hashlib.sha256).hexdigest()
-    assert signature("k" * 16, "1700000000", b'{"a":1}') == f"sha256={expected}"
+    assert legacy_signature("k" * 16, "1700000000", b'{"a":1}') == f"sha256={expected}"

@@ -587,3 +587,25 @@ async def test_closed_sockets_leave_no_service_call_or_task_behind_on_the_replic
         server.should_exit = True
         async with asyncio.timeout(15):
             await serving
+
+
+@pytest.mark.parametrize("length", [100, 9_000, 60_000])
+async def test_an_upgrade_with_a_long_request_line_is_answered_not_held(
+    gateway: Replica, length: int
+) -> None:
+    """The probe held 200 sockets with request lines over 8 KiB: each gets an answer now."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(
+            (
+                f"GET /gateway/connect?agent_id=long&pad={'a' * length} HTTP/1.1\r\n"
+                "Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        async with asyncio.timeout(5):
+            status = await reader.readline()
+        assert status.startswith(b"HTTP/1.1 "), status
+    finally:
+        writer.close()
