@@ -6,6 +6,7 @@ gateway:
   auth: true               # every call needs an API key
   max_body_bytes: 1048576  # HTTP bodies and WebSocket frames
   ws_idle_timeout: 60      # seconds without a frame before a WebSocket agent is closed
+  max_connections: 2000    # connections held at once (503 beyond); needs a restart
   cors:
     allow_origins: ["https://app.example.com"]
     allow_credentials: true
@@ -25,7 +26,8 @@ from agentmesh.gateway.cors import CORSPolicy
 from agentmesh.gateway.state import GatewayConfig
 
 DEFAULT_PORT = 8001
-RESTART_FIELDS = ("host", "port")  # a running replica cannot move; the rest applies live
+# A running replica cannot move or resize its listener; the rest applies live.
+RESTART_FIELDS = ("host", "port", "max_connections")
 
 
 class GatewaySection(BaseModel):
@@ -44,10 +46,16 @@ class GatewaySection(BaseModel):
         "(default: the heartbeat timeout).",
     )
     cors: CORSPolicy | None = Field(None, description="CORS for browsers; none: no CORS headers.")
+    max_connections: int | None = Field(
+        None,
+        gt=0,
+        description="Connections (HTTP and WebSocket) one replica holds at once; beyond it new "
+        "requests are answered 503 at once. Needs a restart. Default: no limit.",
+    )
 
     def to_config(self, base: GatewayConfig) -> GatewayConfig:
         """`base` (from the environment) with the options this section sets."""
-        live = {"auth", "max_body_bytes", "ws_idle_timeout", "cors"}
+        live = {"auth", "max_body_bytes", "ws_idle_timeout", "cors", "max_connections"}
         changes: dict[str, Any] = {
             name: getattr(self, name) for name in self.model_fields_set & live
         }

@@ -80,6 +80,7 @@ def make_server(
             # whose request line passed 8 KiB, so such sockets were held (issue 10, item 7).
             ws="wsproto",
             ws_max_size=config.max_body_bytes,
+            limit_concurrency=config.max_connections,  # beyond it: 503 at once, not a queue
             ws_ping_interval=20,
             ws_ping_timeout=20,
             timeout_keep_alive=30,

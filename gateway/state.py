@@ -33,6 +33,9 @@ class GatewayConfig:
     max_body_bytes: int = 1024 * 1024  # HTTP bodies and WebSocket frames
     ws_idle_timeout: float | None = None  # default: the heartbeat timeout
     cors: CORSPolicy | None = None  # none: no CORS headers
+    # AGENTMESH_GATEWAY_MAX_CONNECTIONS: connections (HTTP and WebSocket) a replica holds at
+    # once; beyond it new requests get 503 at once (uvicorn's limit_concurrency). Needs a restart.
+    max_connections: int | None = None
 
     def apply(self, new: GatewayConfig) -> list[str]:
         """Take `new`'s values in place (every holder sees them at once); the names changed."""
@@ -57,9 +60,19 @@ class GatewayConfig:
             body = int(env.get("AGENTMESH_GATEWAY_MAX_BODY_BYTES", cls.max_body_bytes))
             idle_text = env.get("AGENTMESH_GATEWAY_WS_IDLE_TIMEOUT", "")
             idle = float(idle_text) if idle_text else None
+            most_text = env.get("AGENTMESH_GATEWAY_MAX_CONNECTIONS", "")
+            most = int(most_text) if most_text else None
         except ValueError as exc:
             raise ValueError(f"bad AGENTMESH_GATEWAY_* setting: {exc}") from None
-        return cls(auth=auth, admin_token=admin_token, max_body_bytes=body, ws_idle_timeout=idle)
+        if most is not None and most < 1:
+            raise ValueError("AGENTMESH_GATEWAY_MAX_CONNECTIONS must be at least 1")
+        return cls(
+            auth=auth,
+            admin_token=admin_token,
+            max_body_bytes=body,
+            ws_idle_timeout=idle,
+            max_connections=most,
+        )
 
 
 @dataclass

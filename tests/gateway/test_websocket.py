@@ -609,3 +609,14 @@ async def test_an_upgrade_with_a_long_request_line_is_answered_not_held(
         assert status.startswith(b"HTTP/1.1 "), status
     finally:
         writer.close()
+
+
+async def test_a_replica_holds_at_most_max_connections_and_answers_503_beyond(
+    start_gateway: StartGateway,
+) -> None:
+    replica = await start_gateway(config=GatewayConfig(max_connections=2))
+    async with ws_agent(replica, "held-1"), ws_agent(replica, "held-2"):
+        async with httpx.AsyncClient(base_url=replica.url, timeout=5) as http:
+            assert (await http.get("/healthz")).status_code == 503  # at once, not queued
+    async with httpx.AsyncClient(base_url=replica.url, timeout=5) as http:
+        assert (await http.get("/healthz")).status_code == 200  # room again once they close
