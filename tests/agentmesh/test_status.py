@@ -54,7 +54,7 @@ async def processes(
     (tmp_path / "models.yaml").write_text(MODELS)
     (tmp_path / "mcp.json").write_text(json.dumps({"mcpServers": {"demo": DEMO_STDIO}}))
 
-    async def spawn(*args: str) -> asyncio.subprocess.Process:
+    async def spawn(*args: str, log: bool = False) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             agentmesh_exe,
             *args,
@@ -62,15 +62,17 @@ async def processes(
             cwd=ROOT,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE if log else asyncio.subprocess.DEVNULL,
         )
 
     try:
         for _ in range(2):
             port = free_port()
-            out.gateways.append((await spawn("gateway", "--port", str(port)), port))
+            out.gateways.append((await spawn("gateway", "--port", str(port), log=True), port))
             out.llm.append(await spawn("worker", "llm", "--config", str(tmp_path / "models.yaml")))
-        out.mcp.append(await spawn("worker", "mcp", "--config", str(tmp_path / "mcp.json")))
+        out.mcp.append(
+            await spawn("worker", "mcp", "--config", str(tmp_path / "mcp.json"), log=True)
+        )
         yield out
     finally:
         await sub.unsubscribe()
@@ -94,19 +96,25 @@ def kinds(listed: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-async def wait_for(port: int, check: Any, what: str) -> list[dict[str, Any]]:
-    """Read the listing until `check(listing)` holds (a deadline, not a fixed wait)."""
-    deadline = time.monotonic() + START_TIMEOUT
-    listed: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        try:
-            listed = await services(port)
-            if check(listed):
-                return listed
-        except httpx.HTTPError:
-            pass  # the gateway is still starting
-        await asyncio.sleep(0.1)  # noqa: ASYNC110 - the processes start in their own time
-    pytest.fail(f"{what} not seen within {START_TIMEOUT}s; last listing: {kinds(listed)}")
+async def logged(proc: asyncio.subprocess.Process, text: bytes) -> None:
+    """Read the process's log until a line holds `text`."""
+    assert proc.stderr is not None
+    while text not in (line := await proc.stderr.readline()):
+        assert line, f"the process exited before logging {text!r}"
+
+
+async def started(mesh: Mesh) -> None:
+    """Every process says it is ready: gateways listen, the MCP worker serves its server (after
+    announcing it), and both LLM workers have announced themselves (their online events)."""
+    async with asyncio.timeout(START_TIMEOUT):
+        for proc, _ in mesh.gateways:
+            await logged(proc, b"Uvicorn running on")
+        await logged(mesh.mcp[0], b"serving MCP server demo")
+        seen: set[str] = set()
+        while len(seen) < len(mesh.llm):
+            event = await mesh.events.get()
+            if event.kind == "llm-worker" and event.event == "online":
+                seen.add(event.instance_id)
 
 
 def whole(listed: list[dict[str, Any]]) -> bool:
@@ -138,7 +146,9 @@ async def test_every_service_appears_and_a_killed_one_goes_offline_at_the_timeou
     settings: Settings,
 ) -> None:
     (gw_a, port_a), (gw_b, port_b) = processes.gateways
-    listed = await wait_for(port_a, whole, "2 gateways, 2 LLM workers and an MCP worker")
+    await started(processes)
+    listed = await services(port_a)
+    assert whole(listed), kinds(listed)
     assert kinds(await services(port_b)) == kinds(listed)  # any replica sees the whole mesh
     by_pid = {r["pid"]: r for r in listed}
     assert set(by_pid) == {p.pid for p in processes.procs}

@@ -38,6 +38,19 @@ async def events(mesh: MeshClient) -> AsyncIterator[asyncio.Queue[PresenceEvent]
     await sub.unsubscribe()
 
 
+async def spawn_replica(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """`agentmesh agent run tests.agents.replica:agent` as a process of its own."""
+    return await asyncio.create_subprocess_exec(
+        AGENTMESH,
+        "agent",
+        "run",
+        "tests.agents.replica:agent",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
 async def next_event(queue: asyncio.Queue[PresenceEvent], **match: object) -> PresenceEvent:
     while True:
         event = await queue.get()
@@ -61,15 +74,7 @@ async def test_a_replica_killed_mid_call_fails_the_call_and_drops_out_of_presenc
         return "ok"
 
     await start_agent(probe)
-    proc = await asyncio.create_subprocess_exec(
-        AGENTMESH,
-        "agent",
-        "run",
-        "tests.agents.replica:agent",
-        env=env_for,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    proc = await spawn_replica(env_for)
     try:
         async with asyncio.timeout(15):
             online = await next_event(events, agent_id="replica", event=PresenceStatus.ONLINE)
@@ -168,15 +173,7 @@ async def test_a_sigkilled_replicas_served_calls_stay_counted_within_one_interva
     sweeper = Agent("sweeper")  # a live Python instance sweeps the dead one
     sweeper.handler(lambda msg, ctx: "ok")
     await start_agent(sweeper)
-    proc = await asyncio.create_subprocess_exec(
-        AGENTMESH,
-        "agent",
-        "run",
-        "tests.agents.replica:agent",
-        env=env_for,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    proc = await spawn_replica(env_for)
     registry = await mesh.registry()
     try:
         async with asyncio.timeout(20):
