@@ -37,6 +37,7 @@ State = Literal["starting", "up", "down"]
 BACKOFF_FIRST = 0.25  # seconds before the first reconnect; doubles up to backoff_max
 BACKOFF_MAX = 30.0
 MAX_PAGES = 100  # tools/list pages followed; a server that paginates forever cannot hang us
+CHECK_TIMEOUT_MIN = 5.0  # seconds a health check (tools/list) may take before the session is dead
 
 
 class Upstream:
@@ -170,7 +171,8 @@ class Upstream:
                 self._check.clear()
                 self._refresh_wanted.clear()
                 before = self.tools
-                with anyio.fail_after(max(self._ping_interval, 1.0)):
+                # Generous: a loaded machine answers slowly, and a false "down" fails calls.
+                with anyio.fail_after(max(self._ping_interval, CHECK_TIMEOUT_MIN)):
                     await self._fetch_tools(client)
                 if self.tools != before:
                     await self._notify()
