@@ -2,7 +2,9 @@
 
 Callers use `request` (one terminal frame) and `stream` (chunks, then one terminal frame);
 responders use `serve` (see `broker.service`). A watchdog declares a call dead when its
-responder, after acknowledging it, misses three keep-alives. While the connection is down or
+responder, after acknowledging it, misses three keep-alives. A call nobody acknowledges within
+`Settings.ack_timeout` went to a frozen (or overloaded) instance: it is cancelled there and sent
+again, and NATS picks a queue-group member anew. While the connection is down or
 has just come back (`Bus.settling`), "no responders" is retried and a call nobody took fails
 with `Unavailable`, not `NoResponders` or `MeshTimeout`.
 """
@@ -88,6 +90,8 @@ class _Call:
         "request",
         "retries",
         "resend",
+        "ack_timer",
+        "reroutes",
     )
 
     def __init__(self, subject: str, reply: str) -> None:
@@ -104,6 +108,8 @@ class _Call:
         self.request: tuple[bytes, dict[str, str] | None] = (b"", None)  # to send it again
         self.retries = 0  # re-sends after "no responders" while the bus was settling
         self.resend: asyncio.Task[None] | None = None
+        self.ack_timer: asyncio.TimerHandle | None = None  # armed until the first frame
+        self.reroutes = 0  # re-sends after an instance took no notice within the ack timeout
 
     def deliver(self, item: Frame | MeshError) -> None:
         self._items.append(item)
@@ -385,7 +391,10 @@ class Bus:
             # The span is not made current: a call may outlive the context it started in.
             call.span = tracer.start_span(f"call {subject}", kind=trace.SpanKind.CLIENT)
             propagate.inject(hdrs, context=trace.set_span_in_context(call.span))
-        call.timer = asyncio.get_running_loop().call_later(timeout, self._expire, call, timeout)
+        loop = asyncio.get_running_loop()
+        call.timer = loop.call_later(timeout, self._expire, call, timeout)
+        if self.settings.ack_timeout < timeout:
+            call.ack_timer = loop.call_later(self.settings.ack_timeout, self._ack_overdue, call)
         call.request = (data, hdrs or None)
         self._calls[token] = call
         self.calls_made += 1
@@ -422,25 +431,31 @@ class Bus:
             call.timer.cancel()
         if call.resend is not None:
             call.resend.cancel()
+        if call.ack_timer is not None:
+            call.ack_timer.cancel()
         if call.span is not None:
             call.span.end()
         if not call.ended:  # timed out, went silent, or the caller cancelled or stopped
             await self._send_cancel(call)
 
     async def _send_cancel(self, call: _Call) -> None:
-        target = (
-            self.subjects.control(call.instance) if call.instance else self.subjects.control_all()
-        )
+        await self._cancel(call.reply, call.instance)
+
+    async def _cancel(self, reply: str, instance: str | None) -> None:
+        target = self.subjects.control(instance) if instance else self.subjects.control_all()
         try:
-            await self.nc.publish(target, b"", headers={H_KIND: Kind.CANCEL, H_CALL: call.reply})
+            await self.nc.publish(target, b"", headers={H_KIND: Kind.CANCEL, H_CALL: reply})
         except (nats.errors.Error, OSError):
-            logger.debug("could not send cancel for %s", call.reply)
+            logger.debug("could not send cancel for %s", reply)
 
     async def _on_reply(self, msg: Msg) -> None:
         call = self._calls.get(msg.subject[self._inbox_len :])
         if call is None:
             return  # a late frame for a call that already ended
         call.last_seen = time.monotonic()
+        if call.ack_timer is not None:  # someone took notice (any frame, or "no responders")
+            call.ack_timer.cancel()
+            call.ack_timer = None
         hdrs = msg.headers
         if not hdrs:  # a reply without headers is a result (also what a plain NATS reply is)
             call.deliver(Frame(Kind.RESULT, msg.data, {}))
@@ -487,6 +502,53 @@ class Bus:
                     f"cannot send to {call.subject}: not connected to NATS ({exc})",
                     details={"subject": call.subject},
                 )
+            )
+
+    def _ack_overdue(self, call: _Call) -> None:
+        """No frame within the ack timeout: the instance NATS chose is frozen (SIGSTOP, a
+        blocked event loop) or has more queued than it admits. Unless the connection itself is
+        settling (then the settling re-sends own the call), try another member."""
+        call.ack_timer = None
+        if call.dead or call.ended or call.instance is not None:
+            return
+        if self.settling or call.resend is not None and not call.resend.done():
+            call.ack_timer = asyncio.get_running_loop().call_later(
+                self.settings.ack_timeout, self._ack_overdue, call
+            )
+            return
+        call.resend = asyncio.get_running_loop().create_task(self._reroute(call))
+
+    async def _reroute(self, call: _Call) -> None:
+        """Cancel the unacknowledged attempt (it may yet start when its instance thaws) and
+        send the request again under a new reply subject, so that the cancel cannot touch the
+        new attempt and late frames of the old one are dropped."""
+        old = call.reply
+        token = format(next(self._tokens), "x")
+        self._calls.pop(old[self._inbox_len :], None)
+        call.reply = f"{self._inbox}.{token}"
+        self._calls[token] = call
+        call.reroutes += 1
+        logger.info(
+            "no ack from %s within %gs; sending the call again (attempt %d)",
+            call.subject,
+            self.settings.ack_timeout,
+            call.reroutes + 1,
+        )
+        await self._cancel(old, None)
+        data, hdrs = call.request
+        try:
+            await self.nc.publish(call.subject, data, reply=call.reply, headers=hdrs)
+        except _NOT_CONNECTED as exc:
+            call.fail(
+                Unavailable(
+                    f"cannot send to {call.subject}: not connected to NATS ({exc})",
+                    details={"subject": call.subject},
+                )
+            )
+            return
+        if not call.dead:
+            call.ack_timer = asyncio.get_running_loop().call_later(
+                self.settings.ack_timeout, self._ack_overdue, call
             )
 
     def _expire(self, call: _Call, timeout: float) -> None:
@@ -556,6 +618,7 @@ class Bus:
             handler,
             queue=queue,
             max_concurrency=max_concurrency or self.settings.max_concurrency,
+            max_queued=self.settings.max_queued,
         )
         await service.start()
         self._services.append(service)

@@ -105,13 +105,24 @@ class Service:
     """One served subject in one process."""
 
     def __init__(
-        self, bus: Bus, subject: str, handler: Handler, *, queue: str, max_concurrency: int
+        self,
+        bus: Bus,
+        subject: str,
+        handler: Handler,
+        *,
+        queue: str,
+        max_concurrency: int,
+        max_queued: int,
     ) -> None:
         self.bus = bus
         self.subject = subject
         self.queue = queue
         self.handler = handler
+        # Two bounds: `max_concurrency` handlers run at once, and up to `max_queued` more calls
+        # are acknowledged and wait (kept alive) for a slot. Beyond both, requests wait in the
+        # client's buffer unacknowledged, and their callers re-route them after the ack timeout.
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._admitted = asyncio.Semaphore(max_concurrency + max_queued)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Any = None
         self.served = 0  # requests taken since start (reported in the registry record)
@@ -158,9 +169,9 @@ class Service:
             )
             return
         control = self.bus._control
-        await self._slots.acquire()  # bounded concurrency: backpressure on this subscription
+        await self._admitted.acquire()  # backpressure on this subscription
         if control._early and control.cancelled_early(msg.reply):
-            self._slots.release()
+            self._admitted.release()
             await self._send_error(msg.reply, Cancelled("the call was cancelled before it started"))
             return
         hdrs = msg.headers or {}
@@ -189,9 +200,20 @@ class Service:
     def _done(self, task: asyncio.Task[None], reply: str) -> None:
         self._tasks.discard(task)
         self.bus._control.inflight.pop(reply, None)
-        self._slots.release()
+        self._admitted.release()
 
     async def _run(self, request: Request) -> None:
+        try:
+            await self._slots.acquire()
+        except asyncio.CancelledError:
+            await self._send_error(request.reply, Cancelled("the call was cancelled"))
+            return
+        try:
+            await self._handle(request)
+        finally:
+            self._slots.release()
+
+    async def _handle(self, request: Request) -> None:
         nc = self.bus.nc
         reply = request.reply
         token = span = None

@@ -31,6 +31,9 @@ class Settings:
     # Calls: a responder sends keep-alives this often; a caller declares it dead after 3 missed.
     keepalive_interval: float = 5.0
     request_timeout: float = 30.0
+    # A call no instance acknowledges within this long went to a frozen or overloaded one: the
+    # caller cancels it there and sends it again (NATS picks a member anew), until the deadline.
+    ack_timeout: float = 2.0
     # After a reconnect to NATS, other clients may not have re-subscribed yet: for this long a
     # "no responders" answer is retried rather than reported (see `Bus.settling`).
     reconnect_grace: float = 2.0
@@ -38,6 +41,9 @@ class Settings:
     max_message_bytes: int = 1024 * 1024
     # Concurrent handler calls per served subject per process.
     max_concurrency: int = 100
+    # Calls acknowledged beyond those, waiting for a slot; more wait unacknowledged (and their
+    # callers re-route them to another instance after `ack_timeout`).
+    max_queued: int = 1000
     connect_timeout: float = 2.0
 
     @classmethod

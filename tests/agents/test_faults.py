@@ -193,3 +193,51 @@ async def test_a_sigkilled_replicas_served_calls_stay_counted_within_one_interva
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_calls_succeed_while_one_of_two_replicas_is_frozen(
+    settings: Settings,
+    env_for: dict[str, str],
+    events: asyncio.Queue[PresenceEvent],
+) -> None:
+    """A SIGSTOPped replica keeps its NATS subscription (the server drops it only at its ping
+    timeout, minutes later) and so keeps getting its share. Its calls are never acknowledged:
+    after the ack timeout the caller cancels each there and sends it again, until a live
+    replica takes it."""
+    ack_timeout = 0.5
+    frozen, live = await spawn_replica(env_for), await spawn_replica(env_for)
+    try:
+        async with (
+            MeshClient.connect(settings.with_(ack_timeout=ack_timeout)) as mesh,
+            asyncio.timeout(30),
+        ):
+            ids = set()
+            while len(ids) < 2:
+                ids.add((await next_event(events, agent_id="replica")).instance_id)
+            # Both serve (each answers with its instance id) before one is frozen.
+            serving: set[str] = set()
+            while len(serving) < 2:
+                serving.add((await mesh.ask("replica", "who")).text.split(":")[0])
+            os.kill(frozen.pid, signal.SIGSTOP)
+            try:
+                started = asyncio.get_running_loop().time()
+                replies = await asyncio.gather(
+                    *(mesh.ask("replica", f"m{i}", timeout=10) for i in range(20))
+                )
+                elapsed = asyncio.get_running_loop().time() - started
+            finally:
+                os.kill(frozen.pid, signal.SIGCONT)
+            answered_by = {r.text.split(":")[0] for r in replies}
+            assert [r.text.split(":")[1] for r in replies] == [f"m{i}" for i in range(20)]
+            assert len(answered_by) == 1  # all by the live replica
+            # Some calls went to the frozen one first (20 picks of 2), and none waited for the
+            # 10 s deadline: each hop to the frozen replica costs one ack timeout.
+            assert ack_timeout <= elapsed < 8
+            # Thawed, the frozen replica serves again.
+            while len(answered_by) < 2:
+                answered_by.add((await mesh.ask("replica", "again")).text.split(":")[0])
+    finally:
+        for proc in (frozen, live):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

@@ -109,3 +109,72 @@ async def test_a_call_nobody_took_while_nats_is_down_is_unavailable_not_a_timeou
             await caller.request(f"{own.prefix}.agent.anyone", b"hi", timeout=0.5)
         assert not isinstance(err.value, NoResponders)
         await asyncio.to_thread(own_nats.start)
+
+
+async def test_an_unacknowledged_call_is_cancelled_there_and_served_by_another_member(
+    settings: Settings,
+) -> None:
+    """A queue-group member that never acks (frozen, from the caller's side) gets the request,
+    then a cancel for exactly that attempt; the call itself is answered by a live member."""
+    subject = f"{settings.prefix}.agent.frozen"
+    settings = settings.with_(ack_timeout=0.2)
+    async with await Bus.connect(settings) as server, await Bus.connect(settings) as caller:
+        await server.serve(subject, _echo, queue=subject)
+        silent = await Bus.connect(settings)
+        received: asyncio.Queue[str] = asyncio.Queue()
+        cancelled: asyncio.Queue[str] = asyncio.Queue()
+        try:
+
+            async def take(msg) -> None:  # type: ignore[no-untyped-def]
+                received.put_nowait(msg.reply)  # and never answer
+
+            async def on_cancel(msg) -> None:  # type: ignore[no-untyped-def]
+                cancelled.put_nowait((msg.headers or {}).get("Mesh-Call", ""))
+
+            await silent.nc.subscribe(subject, queue=subject, cb=take)
+            await silent.nc.subscribe(silent.subjects.control_all(), cb=on_cancel)
+            await silent.nc.flush()
+            async with asyncio.timeout(10):
+                # NATS picks either member; call until the silent one has had one.
+                while received.empty():
+                    assert (await caller.request(subject, b"hi")).data == b"hi"
+                attempt = received.get_nowait()
+                assert await cancelled.get() == attempt
+        finally:
+            await silent.close()
+
+
+async def test_calls_waiting_for_a_slot_are_acknowledged_and_not_sent_again(
+    settings: Settings,
+) -> None:
+    """Beyond `max_concurrency`, calls wait at the instance acknowledged (and kept alive), so a
+    busy instance is not taken for a frozen one: each call is published once."""
+    subject = f"{settings.prefix}.agent.busy"
+    settings = settings.with_(ack_timeout=0.2)
+    release = asyncio.Event()
+
+    async def slow(request: Request) -> bytes:
+        await release.wait()
+        return request.data
+
+    async with await Bus.connect(settings) as server, await Bus.connect(settings) as caller:
+        published = 0
+
+        async def tap(msg) -> None:  # type: ignore[no-untyped-def]
+            nonlocal published
+            published += 1
+
+        await caller.nc.subscribe(subject, cb=tap)  # sees every publish to the subject
+        await server.serve(subject, slow, queue=subject, max_concurrency=1)
+        calls = [asyncio.create_task(caller.request(subject, b"%d" % i)) for i in range(4)]
+        async with asyncio.timeout(10):
+            # Proving an absence takes a window: three ack timeouts with three calls queued
+            # behind the first, in which an unacknowledged call would have been sent again.
+            await asyncio.sleep(settings.ack_timeout * 3)
+            release.set()
+            assert [f.data for f in await asyncio.gather(*calls)] == [b"0", b"1", b"2", b"3"]
+        assert published == 4
+
+
+async def _echo(request: Request) -> bytes:
+    return request.data

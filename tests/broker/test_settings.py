@@ -37,9 +37,11 @@ def test_every_field_can_be_set_from_its_own_variable() -> None:
         "AGENTMESH_HEARTBEAT_TIMEOUT": "7",
         "AGENTMESH_KEEPALIVE_INTERVAL": "0.5",
         "AGENTMESH_REQUEST_TIMEOUT": "12.25",
+        "AGENTMESH_ACK_TIMEOUT": "0.75",
         "AGENTMESH_RECONNECT_GRACE": "3.5",
         "AGENTMESH_MAX_MESSAGE_BYTES": "2048",
         "AGENTMESH_MAX_CONCURRENCY": "8",
+        "AGENTMESH_MAX_QUEUED": "16",
         "AGENTMESH_CONNECT_TIMEOUT": "1.5",
     }
     # Keep this test honest when a field is added: every field must be covered above.
@@ -55,9 +57,11 @@ def test_every_field_can_be_set_from_its_own_variable() -> None:
         heartbeat_timeout=7.0,
         keepalive_interval=0.5,
         request_timeout=12.25,
+        ack_timeout=0.75,
         reconnect_grace=3.5,
         max_message_bytes=2048,
         max_concurrency=8,
+        max_queued=16,
         connect_timeout=1.5,
     )
 
