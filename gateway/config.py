@@ -7,6 +7,7 @@ gateway:
   max_body_bytes: 1048576  # HTTP bodies and WebSocket frames
   ws_idle_timeout: 60      # seconds without a frame before a WebSocket agent is closed
   max_connections: 2000    # connections held at once (503 beyond); needs a restart
+  handshake_timeout: 10    # seconds to send a request's headers before the connection is closed
   cors:
     allow_origins: ["https://app.example.com"]
     allow_credentials: true
@@ -52,10 +53,24 @@ class GatewaySection(BaseModel):
         description="Connections (HTTP and WebSocket) one replica holds at once; beyond it new "
         "requests are answered 503 at once. Needs a restart. Default: no limit.",
     )
+    handshake_timeout: float = Field(
+        GatewayConfig.handshake_timeout,
+        gt=0,
+        description="Seconds a connection has, from being accepted or from the first byte of "
+        "its next request, to send that request's headers (WebSocket upgrades included); then "
+        "it is answered 408 and closed (closed alone if it sent nothing).",
+    )
 
     def to_config(self, base: GatewayConfig) -> GatewayConfig:
         """`base` (from the environment) with the options this section sets."""
-        live = {"auth", "max_body_bytes", "ws_idle_timeout", "cors", "max_connections"}
+        live = {
+            "auth",
+            "max_body_bytes",
+            "ws_idle_timeout",
+            "cors",
+            "max_connections",
+            "handshake_timeout",
+        }
         changes: dict[str, Any] = {
             name: getattr(self, name) for name in self.model_fields_set & live
         }

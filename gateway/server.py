@@ -11,6 +11,7 @@ import uvicorn
 
 from agentmesh.broker.settings import Settings
 from agentmesh.gateway.app import create_app
+from agentmesh.gateway.handshake import handshake_protocol
 from agentmesh.gateway.state import GatewayConfig
 
 DEFAULT_PORT = 8001
@@ -76,6 +77,7 @@ def make_server(
             port=port,
             log_level=log_level,
             lifespan="on",
+            http=handshake_protocol(config),  # httptools, closing who sends no headers in time
             # wsproto: uvicorn's default (websockets-sansio) never answered nor closed an upgrade
             # whose request line passed 8 KiB, so such sockets were held (issue 10, item 7).
             ws="wsproto",

@@ -36,6 +36,9 @@ class GatewayConfig:
     # AGENTMESH_GATEWAY_MAX_CONNECTIONS: connections (HTTP and WebSocket) a replica holds at
     # once; beyond it new requests get 503 at once (uvicorn's limit_concurrency). Needs a restart.
     max_connections: int | None = None
+    # AGENTMESH_GATEWAY_HANDSHAKE_TIMEOUT: seconds a connection has to deliver a request's
+    # headers (WebSocket upgrades included) before it is closed; applies to new connections live.
+    handshake_timeout: float = 10.0
 
     def apply(self, new: GatewayConfig) -> list[str]:
         """Take `new`'s values in place (every holder sees them at once); the names changed."""
@@ -62,16 +65,22 @@ class GatewayConfig:
             idle = float(idle_text) if idle_text else None
             most_text = env.get("AGENTMESH_GATEWAY_MAX_CONNECTIONS", "")
             most = int(most_text) if most_text else None
+            handshake = float(
+                env.get("AGENTMESH_GATEWAY_HANDSHAKE_TIMEOUT", "") or cls.handshake_timeout
+            )
         except ValueError as exc:
             raise ValueError(f"bad AGENTMESH_GATEWAY_* setting: {exc}") from None
         if most is not None and most < 1:
             raise ValueError("AGENTMESH_GATEWAY_MAX_CONNECTIONS must be at least 1")
+        if not handshake > 0:  # also refuses nan
+            raise ValueError("AGENTMESH_GATEWAY_HANDSHAKE_TIMEOUT must be more than 0 seconds")
         return cls(
             auth=auth,
             admin_token=admin_token,
             max_body_bytes=body,
             ws_idle_timeout=idle,
             max_connections=most,
+            handshake_timeout=handshake,
         )
 
 
