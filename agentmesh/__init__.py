@@ -13,6 +13,7 @@ from agentmesh.schemas.envelope import Chunk, DataPart, FilePart, ImagePart, Mes
 from agentmesh.schemas.errors import (
     AgentNotFound,
     Cancelled,
+    Conflict,
     ConnectionFailed,
     ErrorCode,
     Forbidden,
@@ -22,6 +23,7 @@ from agentmesh.schemas.errors import (
     MeshTimeout,
     ModelNotFound,
     NoResponders,
+    NotFound,
     PayloadTooLarge,
     RateLimited,
     RemoteError,
@@ -30,6 +32,7 @@ from agentmesh.schemas.errors import (
     Unauthorized,
     Unavailable,
 )
+from agentmesh.schemas.task import TaskRecord, TaskStatus, Trace
 from agentmesh.schemas.tools import ToolResult
 from agentmesh.schemas.version import __version__
 
@@ -39,6 +42,7 @@ __all__ = [
     "AgentNotFound",
     "Cancelled",
     "Chunk",
+    "Conflict",
     "ConnectionFailed",
     "Context",
     "DataPart",
@@ -55,15 +59,19 @@ __all__ = [
     "Message",
     "ModelNotFound",
     "NoResponders",
+    "NotFound",
     "PayloadTooLarge",
     "Presence",
     "RateLimited",
     "RemoteError",
     "Settings",
+    "TaskRecord",
+    "TaskStatus",
     "TextPart",
     "ToolError",
     "ToolNotFound",
     "ToolResult",
+    "Trace",
     "Unauthorized",
     "Unavailable",
     "__version__",

@@ -1,5 +1,5 @@
 """`agentmesh keys`: create, list and revoke the gateway's API keys, and show their LLM usage
-(straight in Redis)."""
+(straight in JetStream, with Redis as the usage cache)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,11 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import redis.asyncio as aioredis
 import typer
-from redis.exceptions import RedisError
 
 from agentmesh import cli_support
-from agentmesh.broker.connections import connect_redis, redis_unreachable
 from agentmesh.broker.ratelimit import Limit
 from agentmesh.broker.settings import Settings
-from agentmesh.broker.subjects import Subjects
 from agentmesh.gateway.keys import (
     DEFAULT_SCOPES,
     KeyRecord,
@@ -39,18 +35,13 @@ keys_app = typer.Typer(
 
 
 def _with_store(settings: Settings, use: Callable[[KeyStore], Awaitable[T]]) -> T:
-    return _with_redis(settings, lambda redis, subjects: use(KeyStore(redis, subjects)))
+    return _with_records(settings, lambda r: use(KeyStore(r.durable, r.subjects)))
 
 
-def _with_redis(settings: Settings, use: Callable[[aioredis.Redis, Subjects], Awaitable[T]]) -> T:
+def _with_records(settings: Settings, use: Callable[[cli_support.Records], Awaitable[T]]) -> T:
     async def main() -> T:
-        redis = await connect_redis(settings)
-        try:
-            return await use(redis, Subjects(settings.prefix))
-        except (RedisError, OSError) as exc:
-            raise redis_unreachable(settings, exc) from None
-        finally:
-            await redis.aclose()
+        async with cli_support.records(settings, name="agentmesh-keys") as records:
+            return await use(records)
 
     return cli_support.run(main)
 
@@ -194,8 +185,9 @@ def usage(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """LLM usage per key and model: requests, tokens and errors, counted by every gateway."""
-    rows: list[Usage] = _with_redis(
-        cli_support.settings(), lambda redis, subjects: UsageStore(redis, subjects).read(key_id)
+    rows: list[Usage] = _with_records(
+        cli_support.settings(),
+        lambda r: UsageStore(r.durable, r.redis, r.subjects).read(key_id),
     )
     if as_json:
         typer.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))

@@ -7,10 +7,12 @@ Only the CLI modules (`agentmesh/cli*.py`) import it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
@@ -18,6 +20,12 @@ from agentmesh.broker.lifecycle import configure_logging
 from agentmesh.broker.servers import ServerError
 from agentmesh.broker.settings import Settings
 from agentmesh.schemas.errors import ConnectionFailed, MeshError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from agentmesh.broker.durable import DurableState
+    from agentmesh.broker.subjects import Subjects
 
 T = TypeVar("T")
 
@@ -63,6 +71,49 @@ def run(make: Callable[[], Awaitable[T]]) -> T:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+@dataclass(frozen=True)
+class Records:
+    """Where the mesh keeps its records: JetStream (definitions, usage) and Redis (caches)."""
+
+    durable: DurableState
+    redis: aioredis.Redis
+    subjects: Subjects
+
+
+@contextlib.asynccontextmanager
+async def records(settings: Settings, *, name: str) -> AsyncIterator[Records]:
+    """Redis and NATS for `agentmesh keys` / `webhooks`, with the records of an earlier version
+    moved from Redis to JetStream first (as a gateway does at start).
+
+    Raises:
+        ConnectionFailed: Redis or NATS cannot be reached (the message names the URL).
+    """
+    from redis.exceptions import RedisError
+
+    from agentmesh.broker.bus import Bus
+    from agentmesh.broker.connections import connect_redis, redis_unreachable
+    from agentmesh.broker.durable import DurableState
+    from agentmesh.gateway.migration import migrate
+
+    redis = await connect_redis(settings)
+    try:
+        async with await Bus.connect(settings, name=name) as bus:
+            durable = DurableState(bus.nc, timeout=max(5.0, settings.connect_timeout))
+            try:
+                moved = await migrate(durable, redis, bus.subjects)
+                if moved:
+                    typer.echo(
+                        f"moved {moved.keys} keys, {moved.webhooks} webhooks and the usage of "
+                        f"{moved.usage} key/model pairs from Redis to JetStream",
+                        err=True,
+                    )
+                yield Records(durable, redis, bus.subjects)
+            except (RedisError, OSError) as exc:
+                raise redis_unreachable(settings, exc) from None
+    finally:
+        await redis.aclose()
 
 
 def _mesh_options() -> list[inspect.Parameter]:

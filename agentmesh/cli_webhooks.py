@@ -1,4 +1,5 @@
-"""`agentmesh webhooks`: create, list and delete the mesh's signed webhooks (stored in Redis)."""
+"""`agentmesh webhooks`: create, list and delete the mesh's signed webhooks (stored in JetStream
+KV)."""
 
 from __future__ import annotations
 
@@ -22,17 +23,11 @@ webhooks_app = typer.Typer(
 
 
 def _with_store(use: Callable[[WebhookStore], Awaitable[T]]) -> T:
-    from agentmesh.broker.connections import connect_redis
-    from agentmesh.broker.subjects import Subjects
-
     settings = cli_support.settings()
 
     async def main() -> T:
-        redis = await connect_redis(settings)
-        try:
-            return await use(WebhookStore(redis, Subjects(settings.prefix)))
-        finally:
-            await redis.aclose()
+        async with cli_support.records(settings, name="agentmesh-webhooks") as r:
+            return await use(WebhookStore(r.durable, r.redis, r.subjects))
 
     return cli_support.run(main)
 

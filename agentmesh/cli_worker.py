@@ -1,4 +1,4 @@
-"""`agentmesh worker`: run the mesh's workers (`llm`, `mcp`) until Ctrl-C or SIGTERM."""
+"""`agentmesh worker`: run the mesh's workers (`llm`, `mcp`, `executor`) until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 
 from agentmesh import cli_support
 from agentmesh.broker.lifecycle import MeshService, run_until_signal
+from agentmesh.broker.subjects import ID_RE
 
 worker_app = typer.Typer(help="Run workers that serve models or tools.", no_args_is_help=True)
 
@@ -117,3 +118,30 @@ def mcp(
         _follow("mcp", file, shared, verbose)
         return
     _serve(lambda: MCPWorker(MCPConfig.load(config)), verbose)
+
+
+@worker_app.command("executor")
+def executor(
+    name: str = typer.Option("executor", "--name", help="Its service name in the registry."),
+    max_running: int = typer.Option(
+        100, "--max-running", min=1, help="Tasks this executor runs at once."
+    ),
+    limit: list[str] = typer.Option(
+        [],
+        "--limit",
+        help="AGENT=N: at most N tasks of that agent at once, mesh-wide (give every executor "
+        "the same limits). Repeat for more agents.",
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run durable tasks: take them from JetStream and call their agents (start more to share
+    the load; each task runs on one of them, and another takes over if it dies)."""
+    from agentmesh.workers.executor import Executor
+
+    limits: dict[str, int] = {}
+    for item in limit:
+        agent, sep, count = (part.strip() for part in item.partition("="))
+        if not sep or not count.isdigit() or int(count) < 1 or not ID_RE.fullmatch(agent):
+            raise cli_support.fail(f"--limit {item!r}: use AGENT=N, an agent id and N >= 1")
+        limits[agent] = int(count)
+    _serve(lambda: Executor(name, max_running=max_running, agent_limits=limits), verbose)

@@ -1,5 +1,6 @@
 """`agentmesh up`: a real local mesh (nats-server with JetStream, redis-server, the gateway, the
-echo agent, an LLM worker and an MCP worker with the reference time server).
+echo agent, an executor for durable tasks, an LLM worker and an MCP worker with the reference
+time server).
 
 Everything started here is stopped here, in reverse order, on Ctrl-C or SIGTERM.
 """
@@ -26,6 +27,7 @@ from agentmesh.broker.watch import Follower
 from agentmesh.following import MeshFollower, Opened, gateway_part, llm_part, mcp_part
 from agentmesh.gateway.state import GatewayConfig
 from agentmesh.workers.config import ConfigError
+from agentmesh.workers.executor import Executor
 from agentmesh.workers.llm.config import LLMConfig
 from agentmesh.workers.llm.defaults import config_from_env, describe
 from agentmesh.workers.llm.worker import LLMWorker
@@ -92,6 +94,7 @@ class LocalMesh:
         gateway = gateway_task = None
         worker: LLMWorker | None = None
         tools: MCPWorker | None = None
+        executor: Executor | None = None
         follower: Follower | None = None
         doc = self.file.doc if self.file is not None else None
         stop = asyncio.Event()
@@ -106,6 +109,8 @@ class LocalMesh:
             )
             servers.append(await asyncio.to_thread(redis.start))
             settings = Settings.from_env(nats_url=nats.url, redis_url=redis.url, prefix=self.prefix)
+            executor = Executor()  # durable tasks: before anything that submits them
+            await executor.start(settings)
             for agent in self._agents(echo):
                 await agent.start(settings)
                 agents.append(agent)
@@ -149,6 +154,9 @@ class LocalMesh:
             for agent in reversed(agents):
                 with contextlib.suppress(Exception):
                     await agent.stop()
+            if executor is not None:
+                with contextlib.suppress(Exception):
+                    await executor.stop()
             for server in reversed(servers):
                 await asyncio.to_thread(server.stop)
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -278,6 +286,7 @@ class LocalMesh:
             gateway,
             f"  prefix {settings.prefix}   data {self.data_dir}",
             f"  agents {', '.join(agents) or '-'}",
+            "  tasks  one executor (durable tasks in JetStream)",
             *self._models_lines(models),
             self._mcp_line(tools),
             "",

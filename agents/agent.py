@@ -93,7 +93,8 @@ class Agent(MeshService):
         return self._card
 
     def serves(self) -> Serves:
-        return Serves(agents=[self.agent_id])
+        kind = self._card.agent_type
+        return Serves(agents=[self.agent_id], agent_types=[kind] if kind else [])
 
     async def start(self, settings: Settings | None = None) -> None:
         """Connect, serve the agent's subject and announce presence; returns when online."""

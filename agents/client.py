@@ -9,6 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from agentmesh.agents.llm import LLM
+from agentmesh.agents.tasks import Tasks, Traces
 from agentmesh.agents.tools import Tools
 from agentmesh.broker.bus import Bus
 from agentmesh.broker.connections import connect_redis
@@ -63,6 +64,8 @@ class MeshClient:
         self._owns_bus = owns_bus
         self._redis: aioredis.Redis | None = None
         self._registry: Registry | None = None
+        self._tasks: Tasks | None = None
+        self._traces: Traces | None = None
 
     @classmethod
     def connect(cls, settings: Settings | None = None, *, sender_id: str | None = None) -> _Connect:
@@ -150,6 +153,20 @@ class MeshClient:
     def tools(self) -> Tools:
         """MCP tools served by tool workers: `await mesh.tools.call("time", "get_current_time")`."""
         return Tools(self.bus, self.registry)
+
+    @property
+    def tasks(self) -> Tasks:
+        """Durable tasks: `ref = await mesh.tasks.submit("analyst", "Analyse the sales")`."""
+        if self._tasks is None:
+            self._tasks = Tasks(self.bus, self.sender_id)
+        return self._tasks
+
+    @property
+    def traces(self) -> Traces:
+        """Traces (groups of tasks): `trace = await mesh.traces.create("user_001")`."""
+        if self._traces is None:
+            self._traces = Traces(self.bus)
+        return self._traces
 
     def llm(self, alias: str) -> LLM:
         """A model alias served by LLM workers: `await mesh.llm("gpt-4.1-mini").chat(msgs)`."""

@@ -9,8 +9,9 @@ from typing import Any
 from agentmesh.agents.client import MeshClient
 from agentmesh.agents.llm import LLM
 from agentmesh.agents.tools import Tools
-from agentmesh.broker.types import Request
+from agentmesh.broker.types import H_TASK_ATTEMPT, H_TASK_ID, H_TRACE_ID, Request
 from agentmesh.schemas.envelope import Chunk, Message
+from agentmesh.schemas.task import TaskEvent, TaskEventKind, TaskInfo
 
 
 class Context:
@@ -54,6 +55,37 @@ class Context:
         """Whether this call was cancelled (read it from within the handler)."""
         task = asyncio.current_task()
         return task is not None and task.cancelling() > 0
+
+    @property
+    def task(self) -> TaskInfo | None:
+        """The durable task this call runs (id, attempt, trace), or None for a plain call."""
+        hdrs = self.request.headers
+        task_id = hdrs.get(H_TASK_ID)
+        if not task_id:
+            return None
+        try:
+            attempt = int(hdrs.get(H_TASK_ATTEMPT, "1"))
+        except ValueError:
+            attempt = 1
+        return TaskInfo(task_id=task_id, attempt=attempt, trace_id=hdrs.get(H_TRACE_ID))
+
+    async def progress(self, note: str | None = None, data: Any = None) -> None:
+        """Add a progress event to the task this call runs (nothing outside a task).
+
+        Raises:
+            Unavailable: JetStream cannot be reached.
+        """
+        task = self.task
+        if task is None:
+            return
+        event = TaskEvent(
+            task_id=task.task_id,
+            kind=TaskEventKind.PROGRESS,
+            attempt=task.attempt,
+            note=note,
+            data=data,
+        )
+        await self.mesh.tasks.store.append_event(event)
 
     @property
     def tools(self) -> Tools:

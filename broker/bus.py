@@ -18,7 +18,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import nats
@@ -92,6 +92,7 @@ class _Call:
         "resend",
         "ack_timer",
         "reroutes",
+        "on_ack",
     )
 
     def __init__(self, subject: str, reply: str) -> None:
@@ -110,6 +111,7 @@ class _Call:
         self.resend: asyncio.Task[None] | None = None
         self.ack_timer: asyncio.TimerHandle | None = None  # armed until the first frame
         self.reroutes = 0  # re-sends after an instance took no notice within the ack timeout
+        self.on_ack: Callable[[str], None] | None = None  # told the acknowledging instance
 
     def deliver(self, item: Frame | MeshError) -> None:
         self._items.append(item)
@@ -356,12 +358,14 @@ class Bus:
         *,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
+        on_ack: Callable[[str], None] | None = None,
     ) -> AsyncIterator[Frame]:
         """Send one request and yield its `chunk` frames, then the terminal `result` frame.
 
         Leaving the iteration early (break, cancel) cancels the call at the responder.
+        `on_ack` is called with the instance id that acknowledged the call.
         """
-        call = await self._start(subject, data, headers, timeout, stream=True)
+        call = await self._start(subject, data, headers, timeout, stream=True, on_ack=on_ack)
         try:
             while True:
                 frame = await self._next(call)
@@ -379,11 +383,13 @@ class Bus:
         timeout: float | None,
         *,
         stream: bool,
+        on_ack: Callable[[str], None] | None = None,
     ) -> _Call:
         self._check_size(data)
         timeout = self.settings.request_timeout if timeout is None else timeout
         token = format(next(self._tokens), "x")
         call = _Call(subject, f"{self._inbox}.{token}")
+        call.on_ack = on_ack
         hdrs = dict(headers) if headers else {}
         if stream:
             hdrs[H_STREAM] = "1"
@@ -477,6 +483,8 @@ class Bus:
             kind = Kind.RESULT
         if kind == Kind.ACK:
             call.instance = hdrs.get(H_INSTANCE)
+            if call.on_ack is not None and call.instance:
+                call.on_ack(call.instance)
             return
         if kind == Kind.KEEPALIVE:
             return

@@ -45,6 +45,15 @@ class Settings:
     # callers re-route them to another instance after `ack_timeout`).
     max_queued: int = 1000
     connect_timeout: float = 2.0
+    # Durable state in JetStream: copies of each stream and bucket (1 locally, 3 on a cluster).
+    jetstream_replicas: int = 1
+    # Tasks: a task's record and events are kept this long after their last change (seconds).
+    task_retention: float = 7 * 86400.0
+    # An executor holds a task this long without renewing (every third of it) before another
+    # executor may take it over.
+    task_lease: float = 30.0
+    # First delay before a retry of a task whose attempt failed retriably; doubles, at most 60 s.
+    task_retry_backoff: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

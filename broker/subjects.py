@@ -13,6 +13,8 @@ from agentmesh.schemas.errors import InvalidId
 
 # Used with fullmatch: `$` would also accept a trailing "\n" (a NATS protocol line break).
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
+ID_RE = _ID_RE  # for checks that report their own error (use with fullmatch)
+ID_PATTERN = f"^{_ID_RE.pattern}$"  # the same rule as a JSON Schema `pattern` (OpenAPI)
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 MAX_NAME_LEN = 256
 
@@ -130,6 +132,41 @@ class Subjects:
         k = "*" if kind is None else validate_id(kind, what="service kind")
         i = "*" if instance_id is None else validate_id(instance_id, what="instance id")
         return f"{self.prefix}.svc.{k}.{i}"
+
+    # Durable tasks (broker/tasks.py) ---------------------------------------------------------
+    def task_queue(self, priority: str | None = None) -> str:
+        """A task's place in the work queue, `<p>.tasks.queue.<priority>` (`None`: all)."""
+        return f"{self.prefix}.tasks.queue.{'*' if priority is None else validate_id(priority)}"
+
+    def task_events(self, task_id: str | None = None) -> str:
+        """A task's event log, `<p>.tasks.events.<task_id>` (`None`: every task's)."""
+        t = "*" if task_id is None else validate_id(task_id, what="task id")
+        return f"{self.prefix}.tasks.events.{t}"
+
+    def task_cancel(self, task_id: str | None = None) -> str:
+        """Core NATS: stop the running attempt of a task (`None`: any task's)."""
+        t = "*" if task_id is None else validate_id(task_id, what="task id")
+        return f"{self.prefix}.tasks.cancel.{t}"
+
+    def tasks_nudge(self) -> str:
+        """Core NATS: a task was queued; idle executors look at the queue now."""
+        return f"{self.prefix}.tasks.nudge"
+
+    def usage(self, key_id: str | None = None, model: str | None = None) -> str:
+        """One LLM call's usage event, `agentmesh.usage.<p>.<key id>.<escaped model>`, kept in
+        the JetStream stream `agentmesh_usage` with every mesh's. No other subject starts with
+        `agentmesh.usage.` (a mesh's own are `<p>.<kind>...`, and no kind is `usage`).
+        `None` gives the wildcard of this mesh's events.
+        """
+        if key_id is None:
+            return f"agentmesh.usage.{self.prefix}.>"
+        model_token = escape_token(model or "", what="model")
+        return f"agentmesh.usage.{self.prefix}.{validate_id(key_id, what='key id')}.{model_token}"
+
+    # Durable records (JetStream KV keys) -----------------------------------------------------
+    def record(self, name: str, *, what: str = "name") -> str:
+        """The KV key of a mesh's record (API key, webhook): `<p>.<name>`, `name` an id."""
+        return f"{self.prefix}.{validate_id(name, what=what)}"
 
     # Redis keys ----------------------------------------------------------------------------
     def key(self, *parts: str) -> str:

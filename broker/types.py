@@ -26,6 +26,10 @@ H_INSTANCE = "Mesh-Instance"
 H_SEQ = "Mesh-Seq"
 H_STREAM = "Mesh-Stream"  # "1" on a request: the caller wants chunks as they come
 H_CALL = "Mesh-Call"  # on a cancel: the reply subject of the call to stop
+# On a call an executor makes for a durable task (the handler reads them as `ctx.task`).
+H_TASK_ID = "Mesh-Task-Id"
+H_TASK_ATTEMPT = "Mesh-Task-Attempt"
+H_TRACE_ID = "Mesh-Trace-Id"
 TERMINAL = frozenset({Kind.RESULT, Kind.ERROR})
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from agentmesh.agents.client import calling_agent, encode_request, not_online
-from agentmesh.broker.subjects import validate_id
+from agentmesh.broker.subjects import ID_PATTERN, validate_id
 from agentmesh.gateway.auth import Principal, Scope, require, stamp_sender
-from agentmesh.gateway.errors import error_body
+from agentmesh.gateway.errors import AUTH_STATUSES, BODY_STATUSES, error_body, responses
 from agentmesh.gateway.models import (
     AgentInfo,
     AgentsResponse,
@@ -31,7 +31,12 @@ from agentmesh.schemas.version import __version__
 router = APIRouter()
 
 
-@router.get("/gateway/agents", response_model=AgentsResponse, tags=["agents"])
+@router.get(
+    "/gateway/agents",
+    response_model=AgentsResponse,
+    responses=responses(*AUTH_STATUSES),
+    tags=["agents"],
+)
 async def list_agents(
     state: GatewayState = Depends(get_state),
     _: Principal = Depends(require(Scope.AGENTS_READ)),
@@ -43,9 +48,15 @@ async def list_agents(
     )
 
 
-@router.get("/gateway/agents/{agent_id}", response_model=AgentInfo, tags=["agents"])
+@router.get(
+    "/gateway/agents/{agent_id}",
+    response_model=AgentInfo,
+    responses=responses(*AUTH_STATUSES, 400, 404),
+    tags=["agents"],
+)
 async def get_agent(
-    agent_id: str,
+    # Documented, not enforced here: validate_id answers 400 INVALID_ID, not FastAPI's 422.
+    agent_id: str = Path(json_schema_extra={"pattern": ID_PATTERN}),
     state: GatewayState = Depends(get_state),
     _: Principal = Depends(require(Scope.AGENTS_READ)),
 ) -> AgentInfo:
@@ -59,6 +70,7 @@ async def get_agent(
     "/gateway/send",
     response_model=SendResponse,
     response_model_exclude_none=True,
+    responses=responses(*AUTH_STATUSES, *BODY_STATUSES, 404, 502, 504),
     tags=["messages"],
 )
 async def send_message(
@@ -105,7 +117,12 @@ async def send_message(
     )
 
 
-@router.get("/gateway/status", response_model=StatusResponse, tags=["status"])
+@router.get(
+    "/gateway/status",
+    response_model=StatusResponse,
+    responses=responses(*AUTH_STATUSES),
+    tags=["status"],
+)
 async def status(
     state: GatewayState = Depends(get_state),
     _: Principal = Depends(require(Scope.AGENTS_READ)),
@@ -124,6 +141,7 @@ async def status(
     "/gateway/services",
     response_model=ServicesResponse,
     response_model_exclude_none=True,
+    responses=responses(*AUTH_STATUSES),
     tags=["status"],
 )
 async def services(
@@ -141,7 +159,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["status"])
+@router.get("/readyz", responses=responses(503), tags=["status"])
 async def readyz(state: GatewayState = Depends(get_state)) -> JSONResponse:
     """Ready when both NATS and Redis answer."""
     checks = {"nats": state.bus.nc.is_connected}

@@ -16,8 +16,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agentmesh.gateway.auth import Principal, Scope, require
-from agentmesh.gateway.errors import STATUS, anthropic_error
-from agentmesh.gateway.openai_api import complete, read_json_object, start_stream
+from agentmesh.gateway.errors import AUTH_STATUSES, STATUS, anthropic_error, responses
+from agentmesh.gateway.llm_requests import MessagesRequest, check
+from agentmesh.gateway.openai_api import STREAM, complete, read_json_object, start_stream
+from agentmesh.gateway.openapi import request_body
 from agentmesh.gateway.state import GatewayState, get_state
 from agentmesh.schemas.errors import InvalidMessage, MeshError
 from agentmesh.schemas.llm.anthropic_blocks import FormatError
@@ -25,23 +27,21 @@ from agentmesh.schemas.llm.anthropic_replies import to_anthropic_message
 from agentmesh.schemas.llm.anthropic_requests import from_anthropic_request
 from agentmesh.schemas.llm.anthropic_stream import Event, EventsFromChunks
 
-router = APIRouter(tags=["llm"])
+router = APIRouter(tags=["llm"], responses=responses(*AUTH_STATUSES, api="anthropic"))
 
 
 async def read_messages_request(request: Request) -> dict[str, Any]:
     """The JSON body of a Messages request, checked as Anthropic checks what it requires."""
     body = await read_json_object(request)
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise InvalidMessage("model: Field required (a model alias served by the mesh)")
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise InvalidMessage("messages: must be a non-empty list")
-    tokens = body.get("max_tokens")
-    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
-        raise InvalidMessage("max_tokens: Field required (a positive integer)")
+    check(MessagesRequest, body)
     return body
 
 
-@router.post("/v1/messages")
+@router.post(
+    "/v1/messages",
+    openapi_extra=request_body(MessagesRequest),
+    responses={200: STREAM, **responses(400, 413, 404, 502, 504, api="anthropic")},
+)
 async def messages(
     request: Request,
     state: GatewayState = Depends(get_state),

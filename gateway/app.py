@@ -1,7 +1,7 @@
 """The gateway ASGI app: stateless HTTP, WebSocket and webhook ingress into the mesh.
 
-Any request may reach any replica: delivery goes through NATS and state through Redis, so a
-replica holds only its connections.
+Any request may reach any replica: delivery goes through NATS, records (keys, webhooks, usage)
+through JetStream and hot state through Redis, so a replica holds only its connections.
 """
 
 from __future__ import annotations
@@ -11,19 +11,25 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis.asyncio as aioredis
 from fastapi import FastAPI
+from redis.exceptions import RedisError
 from starlette.routing import Route
 
+from agentmesh.broker.durable import DurableState
 from agentmesh.broker.lifecycle import MeshService
 from agentmesh.broker.ratelimit import RateLimiter
 from agentmesh.broker.registry import Registry
 from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects
 from agentmesh.gateway import (
     agents_api,
     anthropic_api,
     errors,
     keys_api,
+    migration,
     openai_api,
+    openapi,
     tools_api,
     webhooks,
     websocket,
@@ -34,6 +40,7 @@ from agentmesh.gateway.limits import BodyLimit
 from agentmesh.gateway.mcp_server import FederatedMCP
 from agentmesh.gateway.state import GatewayConfig, GatewayState
 from agentmesh.gateway.tools import ToolDirectory
+from agentmesh.schemas.errors import ConnectionFailed, Unavailable
 from agentmesh.schemas.service import Load, ServiceKind
 from agentmesh.schemas.version import __version__
 
@@ -61,6 +68,25 @@ class GatewayService(MeshService):
         return out
 
 
+async def open_durable(durable: DurableState, redis: aioredis.Redis, subjects: Subjects) -> None:
+    """Create the JetStream buckets and streams the gateway keeps its records in, and move
+    records an earlier version left in Redis there, before the replica serves a call.
+
+    Raises:
+        ConnectionFailed: JetStream is not enabled on the NATS server, or cannot be reached.
+    """
+    try:
+        await durable.ensure()
+        await migration.migrate(durable, redis, subjects)
+    except Unavailable as exc:
+        raise ConnectionFailed(
+            f"the gateway keeps API keys, webhooks and usage in NATS JetStream: {exc.message} "
+            "(is JetStream enabled? nats-server -js, or `agentmesh up`)"
+        ) from None
+    except (RedisError, OSError) as exc:
+        raise ConnectionFailed(f"cannot check Redis for records to migrate ({exc})") from None
+
+
 def create_app(settings: Settings | None = None, config: GatewayConfig | None = None) -> FastAPI:
     """A gateway replica. Connections open in the app's lifespan (uvicorn runs it)."""
     settings = settings or Settings.from_env()
@@ -71,11 +97,18 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         service = GatewayService(app)
         await service.start(settings)
         bus, redis = service.bus, service.redis
+        durable = DurableState(bus.nc, timeout=max(5.0, settings.connect_timeout))
+        try:
+            await open_durable(durable, redis, bus.subjects)
+        except BaseException:
+            await service.stop()
+            raise
         app.state.gateway = GatewayState(
             settings=settings,
             config=config,
             bus=bus,
             redis=redis,
+            durable=durable,
             registry=Registry(redis, bus.subjects, timeout=settings.heartbeat_timeout),
             limiter=RateLimiter(redis, prefix=settings.prefix),
             tools=ToolDirectory(bus, redis),
@@ -108,6 +141,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.include_router(tools_api.router)
     # A route, not a mount: a mount answers "/mcp" with a redirect to "/mcp/".
     app.router.routes.append(Route("/mcp", endpoint=mcp))
+    openapi.install(app)
     # Both read the live config on every request: a reload changes `config` in place.
     app.add_middleware(JsonBodies)  # inside BodyLimit: it buffers only bodies under the limit
     app.add_middleware(BodyLimit, config=config)

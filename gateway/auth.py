@@ -122,7 +122,8 @@ def require(scope: Scope) -> Callable[[HTTPConnection], Awaitable[Principal]]:
         Forbidden: the key lacks `scope`, or an admin route on a gateway with auth off and no
             admin token (HTTP 403).
         RateLimited: the key's rate limit is spent (HTTP 429 with Retry-After).
-        Unavailable: Redis cannot be reached to check the key (HTTP 503).
+        Unavailable: JetStream cannot be reached to check the key, or Redis to apply its rate
+            limit (HTTP 503).
     """
     from agentmesh.gateway.keys import KeyStore  # gateway.keys imports Scope from here
 
@@ -138,9 +139,9 @@ def require(scope: Scope) -> Callable[[HTTPConnection], Awaitable[Principal]]:
         if key is None:
             raise Unauthorized(f"missing API key: {HOW_TO_PASS}")
         try:
-            record = await KeyStore(state.redis, state.bus.subjects).lookup(key)
-        except (RedisError, OSError):
-            raise Unavailable("cannot check the API key: Redis is unreachable") from None
+            record = await KeyStore(state.durable, state.bus.subjects).lookup(key)
+        except Unavailable as exc:
+            raise Unavailable(f"cannot check the API key: {exc.message}") from None
         if record is None:
             raise Unauthorized(f"invalid or revoked API key: {HOW_TO_PASS}")
         principal = Principal(
@@ -172,7 +173,7 @@ ADMIN_OFF = "admin_off"  # details.reason of the 403 on an auth-off gateway with
 HOW_TO_ADMIN = (
     "turn auth on (AGENTMESH_AUTH=on) and use a key with the 'admin' scope, or set "
     "AGENTMESH_ADMIN_TOKEN on the gateway and send it as 'Authorization: Bearer <token>'; "
-    "`agentmesh keys` works without either (it talks to Redis)"
+    "`agentmesh keys` works without either (it talks to NATS and Redis)"
 )
 
 

@@ -53,8 +53,9 @@ class JsonBodies:
             await error_response(exc, scope["path"])(scope, receive, send)
             return
         except ValueError:
-            pass  # not JSON: the route says so in its own words
-        scope[_SCREENED] = parsed
+            pass  # not JSON (or not UTF-8): the route says so in its own words
+        else:
+            scope[_SCREENED] = parsed
         replayed = False
 
         async def replay() -> Message:

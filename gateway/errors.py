@@ -3,7 +3,8 @@
 The mesh's own routes answer `{"error": {"code", "message", "details"?}}`; the OpenAI-compatible
 routes (`/v1/...`) answer OpenAI's `{"error": {"message", "type", "param", "code"}}` and the
 Anthropic-compatible `/v1/messages` answers `{"type": "error", "error": {"type", "message"}}`,
-so each API's own SDK raises its own exceptions.
+so each API's own SDK raises its own exceptions. `responses(...)` documents a route's error
+statuses in the OpenAPI document, with those bodies as models.
 
 Every 503 (`UNAVAILABLE`: Redis unreachable, NATS reconnecting, an instance gone mid-call)
 carries `Retry-After`; a Redis error no route handled is such a 503, never a 500.
@@ -13,15 +14,25 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from agentmesh.schemas.errors import ErrorCode, Forbidden, MeshError, RateLimited, Unavailable
+from agentmesh.schemas.errors import (
+    ErrorCode,
+    ErrorInfo,
+    Forbidden,
+    MeshError,
+    RateLimited,
+    Unavailable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +54,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOOL_NOT_FOUND: 404,
     ErrorCode.TOOL_ERROR: 422,  # the MCP server refused the call
     ErrorCode.REPLAYED: 409,  # a webhook signature seen before with another delivery id
+    ErrorCode.CONFLICT: 409,  # the resource's state forbids it (cancel a finished task)
 }
 
 _HTTP_CODES = {
@@ -52,6 +64,77 @@ _HTTP_CODES = {
     413: ErrorCode.PAYLOAD_TOO_LARGE,
     429: ErrorCode.RATE_LIMIT,
 }
+
+
+class ErrorBody(BaseModel):
+    """The mesh's error body (`details` only when there are any)."""
+
+    error: ErrorInfo
+
+
+class OpenAIErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    """The error body of the OpenAI-compatible routes."""
+
+    error: OpenAIErrorInfo
+
+
+class AnthropicErrorInfo(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(BaseModel):
+    """The error body of the Anthropic-compatible `/v1/messages`."""
+
+    type: Literal["error"] = "error"
+    error: AnthropicErrorInfo
+
+
+ERROR_BODIES: dict[str, type[BaseModel]] = {
+    "mesh": ErrorBody,
+    "openai": OpenAIErrorBody,
+    "anthropic": AnthropicErrorBody,
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer"},
+    }
+}
+_DESCRIPTIONS: dict[int, tuple[str, dict[str, Any]]] = {
+    400: ("INVALID_MESSAGE or INVALID_ID: a value the mesh cannot carry or route.", {}),
+    401: ("UNAUTHORIZED: no credentials, or wrong ones (API key, admin token, signature).", {}),
+    403: ("UNAUTHORIZED: the key lacks the scope or permission.", {}),
+    404: ("Not found: AGENT_NOT_FOUND, MODEL_NOT_FOUND, TOOL_NOT_FOUND or NOT_FOUND.", {}),
+    409: ("REPLAYED: a signature seen before with another delivery id.", {}),
+    413: ("PAYLOAD_TOO_LARGE: the body exceeds the gateway's limit.", {}),
+    422: ("INVALID_MESSAGE (the request does not match its schema) or TOOL_ERROR.", {}),
+    429: ("RATE_LIMIT: the key's request or token budget is spent.", _RETRY_AFTER),
+    502: ("INTERNAL: the agent or worker behind the gateway failed.", {}),
+    503: ("UNAVAILABLE: NATS, Redis or the serving instance is unreachable.", _RETRY_AFTER),
+    504: ("TIMEOUT: no reply before the deadline.", {}),
+}
+# What any route that takes `require(...)` may answer, and any route that reads a body.
+AUTH_STATUSES = (401, 403, 429, 503)
+BODY_STATUSES = (400, 413, 422)
+
+
+def responses(*statuses: int, api: str = "mesh") -> dict[int | str, dict[str, Any]]:
+    """FastAPI `responses=` documenting error `statuses` with `api`'s error body model."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        description, headers = _DESCRIPTIONS[status]
+        out[status] = {"model": ERROR_BODIES[api], "description": description}
+        if headers:
+            out[status]["headers"] = headers
+    return out
 
 
 def error_body(
@@ -147,6 +230,14 @@ def error_response(exc: MeshError, path: str = "") -> JSONResponse:
     return render(path, status, exc.code, exc.message, details or None, headers)
 
 
+def reasons(errors: Sequence[Any]) -> str:
+    """Pydantic's validation errors in one line: `field.path: why; ...`."""
+    text = "; ".join(
+        f"{'.'.join(str(x) for x in e['loc'] if x != 'body') or 'body'}: {e['msg']}" for e in errors
+    )
+    return text or "invalid request"
+
+
 def redis_unavailable(exc: RedisError) -> Unavailable:
     """A Redis failure as the caller sees it: retry later (the raw error is only logged)."""
     logger.warning("Redis is unreachable: %s", exc)
@@ -166,19 +257,35 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        reasons = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'] if x != 'body') or 'body'}: {e['msg']}"
-            for e in exc.errors()
-        )
-        return render(
-            request.url.path, 422, ErrorCode.INVALID_MESSAGE, reasons or "invalid request"
-        )
+        return render(request.url.path, 422, ErrorCode.INVALID_MESSAGE, reasons(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, ErrorCode.INVALID_MESSAGE)
+        headers = exc.headers
         if exc.status_code == 404:
             message = f"no route {request.url.path}"
         else:
             message = str(exc.detail)
-        return render(request.url.path, exc.status_code, code, message, headers=exc.headers)
+        if exc.status_code == 405:
+            # Starlette's Allow names the first route of the path only (GET and POST
+            # /gateway/keys are two routes): name every method the path serves.
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return render(request.url.path, exc.status_code, code, message, headers=headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app serves at the request's path.
+
+    Asked of each route with `matches`, the one question every route answers, whether FastAPI
+    flattens included routers or keeps them nested.
+    """
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]

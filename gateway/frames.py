@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentmesh.broker.subjects import validate_id
+from agentmesh.broker.types import H_TASK_ATTEMPT, H_TASK_ID, H_TRACE_ID
 from agentmesh.schemas import encodable
 from agentmesh.schemas.agent import AgentCard
 from agentmesh.schemas.envelope import (
@@ -248,9 +249,23 @@ def connected(
     }
 
 
-def message(msg: Message, *, stream: bool) -> dict[str, Any]:
-    """A message for the connected agent, from anywhere in the mesh."""
+def task_of(headers: dict[str, str]) -> dict[str, Any] | None:
+    """The durable task a call runs (`task_id`, `attempt`, `trace_id`), from its headers."""
+    task_id = headers.get(H_TASK_ID)
+    if not task_id:
+        return None
+    attempt = headers.get(H_TASK_ATTEMPT, "1")
     return {
+        "task_id": task_id,
+        "attempt": int(attempt) if attempt.isdigit() else 1,
+        "trace_id": headers.get(H_TRACE_ID),
+    }
+
+
+def message(msg: Message, *, stream: bool, task: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A message for the connected agent, from anywhere in the mesh (with `task` when it is the
+    call of a durable task)."""
+    frame = {
         "type": "message",
         "message_id": msg.message_id,
         "from_agent_id": msg.from_agent_id,
@@ -261,6 +276,9 @@ def message(msg: Message, *, stream: bool) -> dict[str, Any]:
         "timestamp": iso_utc(msg.timestamp),
         "stream": stream,
     }
+    if task is not None:
+        frame["task"] = task
+    return frame
 
 
 def result(reply: Message, *, message_id: str) -> dict[str, Any]:

@@ -1,23 +1,22 @@
-"""API keys of the gateway: created once, stored hashed in Redis, shared by every replica.
+"""API keys of the gateway: created once, stored hashed in JetStream KV, shared by every replica.
 
-A key reads `amk_<key_id>_<secret>`. Redis holds, per key, the HASH `<p>:key:<key_id>` (name,
-scopes, rate_limit, token_limit, tools, created_at, hash) and the set `<p>:keys` of ids; never the
-key itself. `tools` is a JSON list of `server/tool` patterns, or "" (or absent, in keys created
-before it existed) for every tool.
+A key reads `amk_<key_id>_<secret>`. The KV bucket `agentmesh_keys` holds, per key, the JSON
+record `<p>.<key_id>` (key_id, name, scopes, rate_limit, token_limit, tools, agents, created_at,
+hash: the key's SHA-256); never the key itself. `tools` is a list of `server/tool` patterns, or
+null for every tool. Keys made before JetStream held them are moved there by `gateway.migration`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
-import redis.asyncio as aioredis
-
+from agentmesh.broker.durable import KEYS_BUCKET, DurableState
 from agentmesh.broker.ratelimit import Limit
 from agentmesh.broker.subjects import Subjects
 from agentmesh.gateway.auth import Scope
@@ -179,14 +178,17 @@ def key_id_of(key: str) -> str | None:
 
 
 class KeyStore:
-    """Create, list, revoke and look up API keys in the mesh's Redis."""
+    """Create, list, revoke and look up API keys in the mesh's JetStream KV bucket.
 
-    def __init__(self, redis: aioredis.Redis, subjects: Subjects) -> None:
-        self._redis = redis
+    JetStream failures raise `Unavailable` (the gateway answers 503, never a false 401).
+    """
+
+    def __init__(self, durable: DurableState, subjects: Subjects) -> None:
+        self._bucket = durable.bucket(KEYS_BUCKET)
         self._subjects = subjects
 
     def _record_key(self, key_id: str) -> str:
-        return self._subjects.key("key", key_id)
+        return self._subjects.record(key_id, what="key id")
 
     async def create(
         self,
@@ -206,6 +208,7 @@ class KeyStore:
         Raises:
             InvalidMessage: a bad name, no scopes, a limit below one request (or token) per
                 period, or a malformed tool pattern.
+            Unavailable: JetStream cannot be reached.
         """
         validate_name(name)
         scopes = parse_scopes([str(s) for s in scopes])
@@ -234,96 +237,94 @@ class KeyStore:
             tools=tools,
             agents=agents,
         )
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self._record_key(key_id),
-                mapping={
-                    "name": name,
-                    "scopes": ",".join(sorted(s.value for s in scopes)),
-                    "rate_limit": "" if rate_limit is None else str(rate_limit),
-                    "token_limit": "" if token_limit is None else str(token_limit),
-                    "tools": "" if tools is None else json.dumps(list(tools)),
-                    "agents": json.dumps(list(agents)),
-                    "created_at": repr(record.created_at),
-                    "hash": hash_key(key),
-                },
-            )
-            pipe.sadd(self._subjects.key("keys"), key_id)
-            await pipe.execute()
+        if not await self.adopt(record, hash_key(key)):
+            raise InvalidMessage("key id collision; create the key again")  # 2**-62: never
         return key, record
+
+    async def adopt(self, record: KeyRecord, key_hash: str) -> bool:
+        """Store an existing key (`agentmesh.gateway.migration`); False if its id is taken."""
+        return await self._bucket.create(
+            self._record_key(record.key_id), _document(record, key_hash)
+        )
 
     async def list(self) -> list[KeyRecord]:
         """Every key of the mesh, oldest first."""
-        ids = sorted(i.decode() for i in await self._redis.smembers(self._subjects.key("keys")))
-        if not ids:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key_id in ids:
-                pipe.hgetall(self._record_key(key_id))
-            raws = await pipe.execute()
-        records = [_record(i, raw) for i, raw in zip(ids, raws, strict=True)]
+        found = await self._bucket.scan(self._subjects.prefix)
+        records = [_record(key_id, doc) for key_id, doc in found.items()]
         return sorted((r for r in records if r is not None), key=lambda r: r.created_at)
 
     async def revoke(self, key_id: str) -> bool:
-        """Delete a key; `False` if there is none with that id. Takes effect on the next call."""
+        """Delete a key; `False` if there is none with that id. Takes effect on the next call,
+        on every replica."""
         if not isinstance(key_id, str) or not _ID_RE.fullmatch(key_id):
             return False
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._record_key(key_id))
-            pipe.srem(self._subjects.key("keys"), key_id)
-            deleted, _ = await pipe.execute()
-        return bool(deleted)
+        return await self._bucket.delete(self._record_key(key_id))
 
     async def lookup(self, key: str) -> KeyRecord | None:
-        """The record of a presented key, or `None` if it is malformed, unknown or revoked."""
+        """The record of a presented key, or `None` if it is malformed, unknown or revoked.
+
+        Raises:
+            Unavailable: JetStream cannot be reached (not knowing is not "unknown").
+        """
         key_id = key_id_of(key)
         if key_id is None:
             return None
-        # No in-process cache: one HGETALL per request is cheap, and revocation is immediate.
-        raw = await self._redis.hgetall(self._record_key(key_id))
-        stored = raw.get(b"hash", b"").decode()
-        if not stored or not hmac.compare_digest(stored, hash_key(key)):
+        # No in-process cache: one KV get per request, so revocation is immediate everywhere.
+        doc = await self._bucket.get(self._record_key(key_id))
+        stored = doc.get("hash") if doc is not None else None
+        if not isinstance(stored, str) or not hmac.compare_digest(stored, hash_key(key)):
             return None
-        return _record(key_id, raw)
+        return _record(key_id, doc)
 
 
-def _record(key_id: str, raw: dict[bytes, bytes]) -> KeyRecord | None:
-    if not raw:  # revoked between SMEMBERS and HGETALL
+def _document(record: KeyRecord, key_hash: str) -> dict[str, Any]:
+    return {
+        "key_id": record.key_id,
+        "name": record.name,
+        "scopes": sorted(s.value for s in record.scopes),
+        "rate_limit": None if record.rate_limit is None else str(record.rate_limit),
+        "token_limit": None if record.token_limit is None else str(record.token_limit),
+        "tools": None if record.tools is None else list(record.tools),
+        "agents": list(record.agents),
+        "created_at": record.created_at,
+        "hash": key_hash,
+    }
+
+
+def _record(key_id: str, doc: dict[str, Any] | None) -> KeyRecord | None:
+    """The record of a stored document; a damaged field grants less, never more."""
+    if doc is None:
         return None
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
-    scopes = frozenset(Scope(s) for s in fields.get("scopes", "").split(",") if s in _SCOPES)
-    limit, tokens = fields.get("rate_limit", ""), fields.get("token_limit", "")
+    scopes = doc.get("scopes")
+    names = scopes if isinstance(scopes, list) else []
+    created = doc.get("created_at")
     return KeyRecord(
         key_id=key_id,
-        name=fields.get("name", ""),
-        scopes=scopes,
-        rate_limit=Limit.parse(limit) if limit else None,
-        created_at=float(fields.get("created_at", 0) or 0),
-        token_limit=Limit.parse(tokens) if tokens else None,
-        tools=_stored_tools(fields.get("tools", "")),
-        agents=_stored_agents(fields.get("agents", "")),
+        name=doc["name"] if isinstance(doc.get("name"), str) else "",
+        scopes=frozenset(Scope(s) for s in names if s in _SCOPES),
+        rate_limit=_stored_limit(doc.get("rate_limit")),
+        created_at=float(created) if isinstance(created, int | float) else 0.0,
+        token_limit=_stored_limit(doc.get("token_limit")),
+        tools=_stored_tools(doc.get("tools", None)),
+        agents=_stored_agents(doc.get("agents")),
     )
 
 
-def _stored_tools(text: str) -> tuple[str, ...] | None:
-    if not text:  # also keys created before tool permissions existed: every tool
+def _stored_limit(value: object) -> Limit | None:
+    if not isinstance(value, str) or not value:
         return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
+    return Limit.parse(value)
+
+
+def _stored_tools(value: object) -> tuple[str, ...] | None:
+    if value is None:  # every tool
+        return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return ()  # a damaged record grants no tool rather than every tool
     return tuple(value)
 
 
-def _stored_agents(text: str) -> tuple[str, ...]:
-    # Keys created before agent patterns existed attach as no agent: a connect key must now
-    # name its agents (`agentmesh keys create NAME --scopes connect --agents 'bot-*'`).
-    try:
-        value = json.loads(text) if text else []
-    except ValueError:
-        value = []
+def _stored_agents(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return ()
     return tuple(value)

@@ -4,14 +4,15 @@ LLM usage counted per key and model."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from agentmesh.broker.ratelimit import Limit
 from agentmesh.gateway.auth import Principal, Scope, require
-from agentmesh.gateway.errors import error_body
+from agentmesh.gateway.errors import AUTH_STATUSES, BODY_STATUSES, error_body, responses
 from agentmesh.gateway.keys import DEFAULT_SCOPES, MAX_NAME_LEN, KeyRecord, KeyStore, parse_scopes
 from agentmesh.gateway.llm_limits import settled
 from agentmesh.gateway.state import GatewayState, get_state
@@ -19,27 +20,56 @@ from agentmesh.gateway.usage import Usage, UsageStore
 from agentmesh.schemas.envelope import iso_utc
 from agentmesh.schemas.errors import ErrorCode, InvalidMessage
 
-router = APIRouter(tags=["keys"])
+router = APIRouter(tags=["keys"], responses=responses(*AUTH_STATUSES))
+
+# What the store checks (400 INVALID_MESSAGE otherwise), in JSON Schema: limits in their plain
+# spelling (the store also reads `2min`, `1hour`), tool parts in ASCII; blank items are skipped.
+_NUMBER = r"[1-9][0-9]{0,8}(\.[0-9]{1,3})?"
+LIMIT_PATTERN = rf"^\s*{_NUMBER}\s*/\s*({_NUMBER}\s*[smhd]?|[smhd])\s*$"
+TOOL_PATTERN = r"^\s*([A-Za-z0-9_*-]+/[!-.0-~]+)?\s*$"
+AGENT_PATTERN = r"^\s*[A-Za-z0-9_*?-]{0,128}\s*$"
+
+
+def _nullable(schema: dict[str, Any]) -> WithJsonSchema:
+    return WithJsonSchema({"anyOf": [schema, {"type": "null"}]})
+
+
+def _strings(pattern: str, max_length: int) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "items": {"type": "string", "pattern": pattern, "maxLength": max_length},
+    }
 
 
 class CreateKeyRequest(BaseModel):
-    name: str = Field(min_length=1, max_length=MAX_NAME_LEN)
-    scopes: list[str] | None = Field(
-        default=None, description="Default: agents:read, send, connect."
+    # "printable": Python's str.isprintable, which no JSON Schema pattern spells; not only spaces.
+    name: Annotated[
+        str,
+        WithJsonSchema(
+            {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LEN, "format": "printable"}
+        ),
+    ] = Field(min_length=1, max_length=MAX_NAME_LEN)
+    scopes: Annotated[
+        list[str] | None,
+        _nullable({"type": "array", "minItems": 1, "items": {"enum": [s.value for s in Scope]}}),
+    ] = Field(default=None, description="Default: agents:read, send, connect.")
+    rate_limit: Annotated[str | None, _nullable({"type": "string", "pattern": LIMIT_PATTERN})] = (
+        Field(default=None, examples=["100/60s"])
     )
-    rate_limit: str | None = Field(default=None, examples=["100/60s"])
-    token_limit: str | None = Field(
-        default=None,
-        examples=["10000/60s"],
-        description="LLM tokens per period: each call reserves an estimate, corrected after.",
+    token_limit: Annotated[str | None, _nullable({"type": "string", "pattern": LIMIT_PATTERN})] = (
+        Field(
+            default=None,
+            examples=["10000/60s"],
+            description="LLM tokens per period: each call reserves an estimate, corrected after.",
+        )
     )
-    tools: list[str] | None = Field(
+    tools: Annotated[list[str] | None, _nullable(_strings(TOOL_PATTERN, 256))] = Field(
         default=None,
         description="MCP tools the key may list and call, as server/tool patterns with * "
         "wildcards (e.g. 'time/*'); omitted: every tool",
         examples=[["time/*", "github/get_issue"]],
     )
-    agents: list[str] | None = Field(
+    agents: Annotated[list[str] | None, _nullable(_strings(AGENT_PATTERN, 128))] = Field(
         default=None,
         description="Agent ids the key may attach as (WebSocket) and send as (from_agent_id), "
         "as patterns with * and ? wildcards (e.g. 'bot-*'); omitted: none (admin keys: any)",
@@ -84,10 +114,15 @@ class KeysResponse(BaseModel):
 
 
 def _store(state: GatewayState) -> KeyStore:
-    return KeyStore(state.redis, state.bus.subjects)
+    return KeyStore(state.durable, state.bus.subjects)
 
 
-@router.post("/gateway/keys", response_model=CreatedKey, status_code=201)
+@router.post(
+    "/gateway/keys",
+    response_model=CreatedKey,
+    status_code=201,
+    responses=responses(*BODY_STATUSES),
+)
 async def create_key(
     body: CreateKeyRequest,
     state: GatewayState = Depends(get_state),
@@ -125,7 +160,9 @@ async def list_keys(
     return KeysResponse(keys=[KeyInfo.of(r) for r in await _store(state).list()])
 
 
-@router.delete("/gateway/keys/{key_id}", status_code=204, response_model=None)
+@router.delete(
+    "/gateway/keys/{key_id}", status_code=204, response_model=None, responses=responses(404)
+)
 async def revoke_key(
     key_id: str,
     state: GatewayState = Depends(get_state),
@@ -163,5 +200,5 @@ async def usage(
 ) -> UsageResponse:
     """LLM usage per key and model alias, counted by every replica: requests, tokens, errors."""
     await settled()  # this replica's own calls that ended just now are counted too
-    rows = await UsageStore(state.redis, state.bus.subjects).read(key_id)
+    rows = await UsageStore(state.durable, state.redis, state.bus.subjects).read(key_id)
     return UsageResponse(usage=[UsageRow.of(r) for r in rows])

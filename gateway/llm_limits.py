@@ -10,13 +10,15 @@ and the estimate is corrected from the reply's `usage` once the call ends:
 Four characters per token is OpenAI's rule of thumb for English; the completion part is what the
 caller allows the model to write, so a call with `max_tokens` never costs more than reserved
 (unless the prompt was underestimated). A failed call is refunded; a call that ends without
-`usage` keeps its reservation. Every call is then counted per key and model (`gateway.usage`).
+`usage` keeps its reservation. Every call is then counted per key and model (`gateway.usage`,
+one JetStream event).
 
 The reservation is on the call's path, and so is the settlement of a call that completed (the
 correction and the count are written before the reply, or before a stream's end, goes out, so
-usage is never lost for a completed call). Those of failed or abandoned calls run in
-a task of their own once the call ends, so the reply does not wait for Redis; until it lands,
-the key's budget still holds the estimate (the cautious side). `settled()` waits for them.
+usage is never lost for a completed call: JetStream has acked its event by then). Those of
+failed or abandoned calls run in a task of their own once the call ends, so the reply does not
+wait for them; until they land, the key's budget still holds the estimate (the cautious side).
+`settled()` waits for them.
 """
 
 from __future__ import annotations
@@ -200,8 +202,9 @@ class Meter:
             )
 
     async def _count(self, tokens: Mapping[str, int], *, error: bool) -> None:
-        store = UsageStore(self._state.redis, self._state.bus.subjects)
+        state = self._state
+        store = UsageStore(state.durable, state.redis, state.bus.subjects)
         try:
             await store.add(self._principal.key_id, self._model, tokens, error=error)
-        except (RedisError, OSError) as exc:
-            logger.warning("could not count usage of %s (%s)", self._model, exc)
+        except Unavailable as exc:
+            logger.warning("could not count usage of %s (%s)", self._model, exc.message)

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from agentmesh.broker.subjects import ID_PATTERN
 from agentmesh.schemas.agent import Presence
 from agentmesh.schemas.envelope import Message, Part, iso_utc
 from agentmesh.schemas.service import InvalidRecord, KindSummary, ServiceRecord
@@ -56,8 +57,9 @@ class AgentsResponse(BaseModel):
 class SendRequest(BaseModel):
     """`POST /gateway/send`. `wait` and `timeout` are extensions."""
 
-    from_agent_id: str | None = None
-    to_agent_id: str
+    # The id rule is documented, not enforced here: the route answers 400 INVALID_ID.
+    from_agent_id: str | None = Field(None, json_schema_extra={"pattern": ID_PATTERN})
+    to_agent_id: str = Field(json_schema_extra={"pattern": ID_PATTERN})
     conversation_id: str | None = None
     content: list[Part] = Field(min_length=1)
     metadata: dict[str, Any] = Field(default_factory=dict)

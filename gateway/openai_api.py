@@ -19,12 +19,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from agentmesh.agents.llm import LLM
 from agentmesh.gateway.auth import Principal, Scope, require
 from agentmesh.gateway.bodies import read_json
-from agentmesh.gateway.errors import STATUS
+from agentmesh.gateway.errors import AUTH_STATUSES, STATUS, responses
 from agentmesh.gateway.llm_limits import Meter
+from agentmesh.gateway.llm_requests import ChatRequest, check
+from agentmesh.gateway.openapi import request_body
 from agentmesh.gateway.state import GatewayState, get_state
 from agentmesh.schemas.errors import InvalidMessage, MeshError
 
-router = APIRouter(tags=["llm"])
+router = APIRouter(tags=["llm"], responses=responses(*AUTH_STATUSES, api="openai"))
+# With `"stream": true`; a stream that fails after its first chunk ends in an `error` event.
+STREAM = {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
@@ -41,14 +45,18 @@ async def read_json_object(request: Request) -> dict[str, Any]:
 async def read_chat_request(request: Request) -> dict[str, Any]:
     """The JSON body of a chat request, checked just enough to route it."""
     body = await read_json_object(request)
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise InvalidMessage("'model' is required (a model alias served by the mesh)")
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise InvalidMessage("'messages' must be a non-empty list")
+    check(ChatRequest, body)
     return body
 
 
-@router.post("/v1/chat/completions")
+@router.post(
+    "/v1/chat/completions",
+    openapi_extra=request_body(ChatRequest),
+    responses={
+        200: STREAM,
+        **responses(400, 413, 404, 502, 504, api="openai"),
+    },
+)
 async def chat_completions(
     request: Request,
     state: GatewayState = Depends(get_state),

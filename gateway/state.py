@@ -1,4 +1,5 @@
-"""What one gateway replica holds: connections, never mesh state (that lives in NATS/Redis)."""
+"""What one gateway replica holds: connections, never mesh state (that lives in JetStream and
+Redis)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import redis.asyncio as aioredis
 from starlette.requests import HTTPConnection
 
 from agentmesh.broker.bus import Bus
+from agentmesh.broker.durable import DurableState
 from agentmesh.broker.ratelimit import RateLimiter
 from agentmesh.broker.registry import Registry
 from agentmesh.broker.settings import Settings
@@ -90,6 +92,7 @@ class GatewayState:
     config: GatewayConfig
     bus: Bus
     redis: aioredis.Redis
+    durable: DurableState  # keys, webhooks and usage in JetStream, on `bus`'s connection
     registry: Registry
     limiter: RateLimiter
     tools: ToolDirectory

@@ -11,19 +11,24 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentmesh.broker.subjects import ID_PATTERN
 from agentmesh.gateway.auth import Principal, Scope, require
+from agentmesh.gateway.errors import AUTH_STATUSES, BODY_STATUSES, responses
 from agentmesh.gateway.state import GatewayState, get_state
 from agentmesh.schemas.catalog import CatalogTool
 from agentmesh.schemas.errors import ToolError
 from agentmesh.schemas.tools import MAX_TIMEOUT
 
-router = APIRouter(tags=["tools"])
+router = APIRouter(tags=["tools"], responses=responses(*AUTH_STATUSES))
 
 
 class ToolCall(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    server: str = Field(description="The MCP server's name in the mesh (a key of mcp.json).")
+    server: str = Field(
+        description="The MCP server's name in the mesh (a key of mcp.json).",
+        json_schema_extra={"pattern": ID_PATTERN},  # checked by the bus: 400 INVALID_ID
+    )
     tool: str = Field(min_length=1, description="The tool's own name on that server.")
     arguments: dict[str, Any] = Field(default_factory=dict)
     format: Literal["mcp", "json"] = Field(
@@ -74,7 +79,7 @@ async def list_tools(
     return {"object": "list", "data": [describe(t) for t in tools], "servers": servers}
 
 
-@router.post("/v1/tools/call")
+@router.post("/v1/tools/call", responses=responses(*BODY_STATUSES, 404, 504))
 async def call_tool(
     call: ToolCall,
     state: GatewayState = Depends(get_state),

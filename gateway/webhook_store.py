@@ -1,13 +1,17 @@
-"""Webhook definitions and delivery de-duplication in Redis, shared by every gateway replica.
+"""Webhook definitions (JetStream KV) and delivery de-duplication (Redis), shared by every
+gateway replica.
 
-<p>:webhook:<name>                       HASH agent_id, secret, created_at, tolerance_seconds
-<p>:webhooks                             SET of webhook names (for `list`)
+KV `agentmesh_webhooks`, `<p>.<name>`   JSON name, agent_id, secret, created_at, tolerance_seconds
 <p>:webhook-delivery:<name>:<delivery>   STRING "pending <token>" while delivering, then "done"
 <p>:webhook-signature:<name>:<hex>       STRING the delivery id that signature came with
+
+The Redis keys live at most 2x the tolerance: a Redis loss forgets them, which reopens a replay
+window of at most the tolerance for requests captured just before it (their timestamps then fail).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import secrets
@@ -16,13 +20,16 @@ import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from agentmesh.broker.durable import WEBHOOKS_BUCKET, DurableState
 from agentmesh.broker.subjects import Subjects, validate_id
 from agentmesh.schemas.errors import InvalidId, InvalidMessage, Unavailable
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -35,13 +42,6 @@ MAX_NAME_LEN = 128 - len(SENDER_PREFIX)
 # Any visible ASCII: ids from other systems (UUIDs, "msg_2Kx...", "evt:123") fit unchanged.
 _DELIVERY_RE = re.compile(r"[\x21-\x7e]{1,128}")
 
-# Create only if absent; the hash and the name index change together.
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
 # Claim a delivery id (or bind a signature to one): set ARGV[1] if absent, else return the old.
 _CLAIM = """
 local old = redis.call('GET', KEYS[1])
@@ -98,17 +98,18 @@ class Claim(StrEnum):
 
 
 class WebhookStore:
-    """Webhook definitions and delivery claims. Redis failures raise `Unavailable`."""
+    """Webhook definitions and delivery claims. JetStream and Redis failures raise
+    `Unavailable`."""
 
-    def __init__(self, redis: aioredis.Redis, subjects: Subjects) -> None:
+    def __init__(self, durable: DurableState, redis: aioredis.Redis, subjects: Subjects) -> None:
+        self._bucket = durable.bucket(WEBHOOKS_BUCKET)
         self.redis = redis
         self.subjects = subjects
-        self._create = redis.register_script(_CREATE)
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
 
     def _key(self, name: str) -> str:
-        return self.subjects.key("webhook", name)
+        return self.subjects.record(name, what="webhook name")
 
     def _delivery_key(self, name: str, delivery_id: str) -> str:
         return self.subjects.key("webhook-delivery", name, delivery_id)
@@ -143,45 +144,28 @@ class WebhookStore:
         if not 1 <= tolerance_seconds <= MAX_TOLERANCE:
             raise InvalidMessage(f"tolerance must be 1-{MAX_TOLERANCE} seconds")
         hook = Webhook(name, agent_id, secret, time.time(), tolerance_seconds)
-        fields = [
-            "agent_id", agent_id,
-            "secret", secret,
-            "created_at", repr(hook.created_at),
-            "tolerance_seconds", str(tolerance_seconds),
-        ]  # fmt: skip
-        created = await _redis(
-            self._create(
-                keys=[self._key(name), self.subjects.key("webhooks")], args=[name, *fields]
-            )
-        )
-        if not created:
+        if not await self.adopt(hook):
             raise InvalidMessage(
                 f"webhook '{name}' already exists (delete it first)", details={"webhook": name}
             )
         return hook
 
+    async def adopt(self, hook: Webhook) -> bool:
+        """Store a definition as it is (`gateway.migration`); False if the name is taken."""
+        return await self._bucket.create(self._key(hook.name), _document(hook))
+
     async def get(self, name: str) -> Webhook | None:
-        raw = await _redis(self.redis.hgetall(self._key(validate_name(name))))
-        return _parse(name, raw) if raw else None
+        doc = await self._bucket.get(self._key(validate_name(name)))
+        return _parse(name, doc) if doc is not None else None
 
     async def list(self) -> list[Webhook]:
-        names = sorted(
-            n.decode() for n in await _redis(self.redis.smembers(self.subjects.key("webhooks")))
-        )
-        found = []
-        for name in names:
-            hook = await self.get(name)
-            if hook is not None:
-                found.append(hook)
-        return found
+        found = await self._bucket.scan(self.subjects.prefix)
+        hooks = (_parse(name, doc) for name, doc in sorted(found.items()))
+        return [h for h in hooks if h is not None]
 
     async def delete(self, name: str) -> bool:
         """Remove a webhook; `False` if there was none. Later calls to it get 404."""
-        key = self._key(validate_name(name))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key).srem(self.subjects.key("webhooks"), name)
-            deleted, _ = await _redis(pipe.execute())
-        return bool(deleted)
+        return await self._bucket.delete(self._key(validate_name(name)))
 
     # Deliveries ----------------------------------------------------------------------------
     async def bind_signature(self, hook: Webhook, mac: str, delivery_id: str) -> str | None:
@@ -227,14 +211,28 @@ class WebhookStore:
         await _redis(self._release(keys=[self._delivery_key(hook.name, delivery_id)], args=[token]))
 
 
-def _parse(name: str, raw: dict[bytes, bytes]) -> Webhook:
-    get = {k.decode(): v.decode() for k, v in raw.items()}
+def _document(hook: Webhook) -> dict[str, Any]:
+    return {
+        "name": hook.name,
+        "agent_id": hook.agent_id,
+        "secret": hook.secret,
+        "created_at": hook.created_at,
+        "tolerance_seconds": hook.tolerance_seconds,
+    }
+
+
+def _parse(name: str, doc: dict[str, Any]) -> Webhook | None:
+    agent_id, secret = doc.get("agent_id"), doc.get("secret")
+    created, tolerance = doc.get("created_at", 0), doc.get("tolerance_seconds", DEFAULT_TOLERANCE)
+    if not isinstance(agent_id, str) or not isinstance(secret, str) or not secret:
+        logger.warning("webhook %r: its stored definition is damaged; ignored", name)
+        return None
     return Webhook(
         name=name,
-        agent_id=get["agent_id"],
-        secret=get["secret"],
-        created_at=float(get.get("created_at", 0)),
-        tolerance_seconds=int(get.get("tolerance_seconds", DEFAULT_TOLERANCE)),
+        agent_id=agent_id,
+        secret=secret,
+        created_at=float(created) if isinstance(created, int | float) else 0.0,
+        tolerance_seconds=tolerance if isinstance(tolerance, int) else DEFAULT_TOLERANCE,
     )
 
 

@@ -14,13 +14,14 @@ import json
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from agentmesh.agents.client import calling_agent, encode_request
-from agentmesh.gateway.errors import error_body
+from agentmesh.gateway.errors import error_body, responses
 from agentmesh.gateway.state import GatewayState, get_state
 from agentmesh.gateway.webhook_store import Claim, Webhook, WebhookStore, validate_delivery_id
 from agentmesh.schemas.envelope import DataPart, FilePart, Message, Part, TextPart, new_id
@@ -65,10 +66,57 @@ def legacy_signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-@router.post("/webhooks/{name}", status_code=202, tags=["webhooks"])
+class Receipt(BaseModel):
+    status: Literal["delivered", "duplicate"]
+    delivery_id: str
+    message_id: str | None = Field(None, description="The message the agent got (delivered).")
+
+
+# The route reads its headers and body itself (the raw bytes are what was signed).
+_OPENAPI = {
+    "parameters": [
+        {
+            "name": name,
+            "in": "header",
+            "required": True,
+            "description": description,
+            "schema": {"type": "string", "pattern": pattern},
+        }
+        for name, pattern, description in (
+            (TIMESTAMP, "^[0-9]{1,12}$", "Unix seconds when the delivery was signed."),
+            (DELIVERY, "^[!-~]{1,128}$", "The delivery's id, the same on every retry."),
+            (
+                SIGNATURE,
+                "^(v2|sha256)=[0-9a-fA-F]{64}$",
+                "'v2=' + hex HMAC-SHA256 of '<timestamp>.<delivery id>.' + body (PROTOCOL.md §8).",
+            ),
+        )
+    ],
+    "requestBody": {
+        "description": "Any body: JSON becomes a data part, text a text part, else a file part.",
+        "content": {
+            "application/json": {"schema": {}},
+            "text/plain": {"schema": {"type": "string"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+
+
+@router.post(
+    "/webhooks/{name}",
+    status_code=202,
+    response_model=Receipt,
+    openapi_extra=_OPENAPI,
+    responses={
+        200: {"model": Receipt, "description": "A retry of a delivery that succeeded."},
+        **responses(400, 401, 404, 409, 413, 503, 504),
+    },
+    tags=["webhooks"],
+)
 async def receive(name: str, request: Request, state: GatewayState = Depends(get_state)) -> Any:
     """Verify a signed delivery, de-duplicate it, and hand it to the webhook's agent."""
-    store = WebhookStore(state.redis, state.bus.subjects)
+    store = WebhookStore(state.durable, state.redis, state.bus.subjects)
     try:
         hook = await store.get(name)
     except InvalidId:

@@ -182,7 +182,10 @@ class Session:
             version=__version__,
             started_at=self.connected_at,
             via="gateway",
-            serves=Serves(agents=[self.agent_id]),
+            serves=Serves(
+                agents=[self.agent_id],
+                agent_types=[self.card.agent_type] if self.card.agent_type else [],
+            ),
             load=Load(
                 in_flight=service.in_flight if service else 0,
                 served=service.served if service else 0,
@@ -338,10 +341,11 @@ class Session:
     # Messages to the agent (served on the bus) -------------------------------------------------
     async def _handle(self, request: Request) -> bytes | AsyncIterator[bytes]:
         msg = decode(request.data, Message)
+        task = frames.task_of(request.headers)
         if request.stream:
-            return self._stream(msg)
+            return self._stream(msg, task)
         parts: list[Any] = []
-        async with self._delivery(msg, stream=False) as delivery:
+        async with self._delivery(msg, stream=False, task=task) as delivery:
             while True:
                 item = await delivery.get()
                 if isinstance(item, Chunk):
@@ -349,8 +353,8 @@ class Session:
                 else:
                     return encode(self._reply(msg, item, merge_text(parts + item.parts())))
 
-    async def _stream(self, msg: Message) -> AsyncIterator[bytes]:
-        async with self._delivery(msg, stream=True) as delivery:
+    async def _stream(self, msg: Message, task: dict[str, Any] | None) -> AsyncIterator[bytes]:
+        async with self._delivery(msg, stream=True, task=task) as delivery:
             while True:
                 item = await delivery.get()
                 if isinstance(item, Chunk):
@@ -361,7 +365,9 @@ class Session:
                 return
 
     @asynccontextmanager
-    async def _delivery(self, msg: Message, *, stream: bool) -> AsyncIterator[_Delivery]:
+    async def _delivery(
+        self, msg: Message, *, stream: bool, task: dict[str, Any] | None = None
+    ) -> AsyncIterator[_Delivery]:
         mid = msg.message_id
         if self._closed:
             raise Unavailable(f"agent '{self.agent_id}' disconnected")
@@ -369,7 +375,7 @@ class Session:
             raise InvalidMessage(f"message '{mid}' is already in flight at this agent")
         delivery = self._pending[mid] = _Delivery(msg)
         try:
-            await self.push(frames.message(msg, stream=stream))
+            await self.push(frames.message(msg, stream=stream, task=task))
             yield delivery
         except _Gone:
             raise Unavailable(f"agent '{self.agent_id}' disconnected") from None

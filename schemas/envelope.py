@@ -32,7 +32,20 @@ def iso_utc(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+# Canonical standard base64 (padded, no stray bits), a form every decoder takes.
+BASE64_PATTERN = (
+    "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"
+)
+
+
+def _tagged(schema: dict[str, Any]) -> None:
+    # A part is read through the `Part` union, whose discriminator needs the `type` it defaults.
+    schema["required"] = ["type", *schema.get("required", [])]
+
+
 class TextPart(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_tagged)
+
     type: Literal["text"] = "text"
     text: str
 
@@ -40,9 +53,20 @@ class TextPart(BaseModel):
 class DataPart(BaseModel):
     """Structured data (any msgpack/JSON value)."""
 
+    model_config = ConfigDict(json_schema_extra=_tagged)
+
     type: Literal["data"] = "data"
     # Defaulted: `encode` drops None values, so a null datum arrives without the key.
     data: Any = None
+
+
+def _file_schema(schema: dict[str, Any]) -> None:
+    _tagged(schema)
+    # The one-source rule of `_one_source`, for JSON Schema readers (the gateway's OpenAPI).
+    schema["oneOf"] = [
+        {"required": [source], "properties": {source: {"type": "string"}}}
+        for source in ("uri", "bytes")
+    ]
 
 
 class FilePart(BaseModel):
@@ -51,14 +75,14 @@ class FilePart(BaseModel):
     On msgpack `bytes` is binary; in JSON (the gateway's HTTP and WebSocket APIs) it is base64.
     """
 
-    model_config = ConfigDict(val_json_bytes="base64")
+    model_config = ConfigDict(val_json_bytes="base64", json_schema_extra=_file_schema)
 
     type: Literal["file"] = "file"
     name: str | None = None
     mime_type: str | None = None
     uri: str | None = None
     # `builtins.`: the field's own name hides the builtin type inside the class body.
-    bytes: builtins.bytes | None = None
+    bytes: builtins.bytes | None = Field(None, json_schema_extra={"pattern": BASE64_PATTERN})
 
     @field_serializer("bytes", when_used="json")
     def _standard_base64(self, value: builtins.bytes | None) -> str | None:

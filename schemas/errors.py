@@ -17,6 +17,8 @@ exception carries a stable `ErrorCode` and a human message.
     │   ├── ConnectionFailed     UNAVAILABLE  (NATS or Redis cannot be reached)
     │   └── NoResponders         UNAVAILABLE  (the bus: nothing subscribes the subject now)
     ├── Cancelled                CANCELLED
+    ├── NotFound                 NOT_FOUND  (a task, a trace, a resource other than an agent)
+    ├── Conflict                 CONFLICT  (its state forbids it: cancel a finished task)
     └── RemoteError              INTERNAL (or any code a responder sent)
 
 A handler that raises a `MeshError` sends that code to the caller; any other exception becomes
@@ -52,6 +54,7 @@ class ErrorCode(StrEnum):
     TOOL_NOT_FOUND = "TOOL_NOT_FOUND"  # no such MCP server or tool in the mesh now
     TOOL_ERROR = "TOOL_ERROR"  # the MCP server refused the call (JSON-RPC error, or isError)
     REPLAYED = "REPLAYED"  # a signed webhook request came again with another delivery id
+    CONFLICT = "CONFLICT"  # the resource's state does not allow it (cancel a finished task)
 
 
 class ErrorInfo(BaseModel):
@@ -145,6 +148,16 @@ class Cancelled(MeshError):
     code = ErrorCode.CANCELLED
 
 
+class NotFound(MeshError):
+    """No such task, trace or other stored resource (agents, models, tools have their own)."""
+
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(MeshError):
+    code = ErrorCode.CONFLICT
+
+
 class RemoteError(MeshError):
     """An error a responder sent with a code that has no class of its own (usually INTERNAL)."""
 
@@ -168,6 +181,8 @@ _BY_CODE: dict[ErrorCode, type[MeshError]] = {
         RateLimited,
         Unavailable,
         Cancelled,
+        NotFound,
+        Conflict,
     )
 }
 

@@ -21,6 +21,7 @@ class ServiceKind(StrEnum):
     GATEWAY = "gateway"
     LLM_WORKER = "llm-worker"
     MCP_WORKER = "mcp-worker"
+    EXECUTOR = "executor"
 
 
 class Serves(BaseModel):
@@ -29,6 +30,7 @@ class Serves(BaseModel):
     model_config = ConfigDict(extra="allow")  # a later kind may serve a field of its own
 
     agents: list[str] = Field(default_factory=list)  # agent ids
+    agent_types: list[str] = Field(default_factory=list)  # their cards' agent_type (tasks by type)
     models: list[str] = Field(default_factory=list)  # model aliases
     tools: list[str] = Field(default_factory=list)  # MCP server names (with at least one tool up)
 

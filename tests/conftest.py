@@ -7,7 +7,9 @@ their own.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 import os
 import shutil
 import sys
@@ -20,7 +22,9 @@ import redis.asyncio as aioredis
 
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.client import MeshClient
+from agentmesh.broker.bus import Bus
 from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.durable import DurableState
 from agentmesh.broker.servers import NatsServer, RedisServer
 from agentmesh.broker.settings import Settings
 
@@ -94,6 +98,39 @@ def env_for(settings: Settings) -> dict[str, str]:
     return env
 
 
+class Logged(logging.Handler):
+    """Counts the records of `logger` whose message contains `text`; `wait(n)` returns once
+    there were `n` (for events only logs show, such as a NATS reconnect inside a replica)."""
+
+    def __init__(self, logger: str, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text = text
+        self.count = 0
+        self._changed = asyncio.Event()
+        self._logger = logging.getLogger(logger)
+        self._level = self._logger.level
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.count += 1
+            self._changed.set()
+
+    def __enter__(self) -> Logged:
+        self._logger.addHandler(self)
+        self._logger.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
+
+    async def wait(self, n: int = 1, *, timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout):
+            while self.count < n:
+                self._changed.clear()
+                await self._changed.wait()
+
+
 StartAgent = Callable[..., Awaitable[Agent]]
 
 
@@ -124,6 +161,13 @@ async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     client = await connect_redis(settings)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def durable(settings: Settings) -> AsyncIterator[DurableState]:
+    """The mesh's JetStream records (API keys, webhooks, usage) on this test's NATS."""
+    async with await Bus.connect(settings, name="tests") as bus:
+        yield DurableState(bus.nc)
 
 
 @pytest.fixture(scope="session")

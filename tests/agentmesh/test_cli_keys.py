@@ -1,14 +1,18 @@
-"""`agentmesh keys create/list/revoke` as a real process against this test's Redis."""
+"""`agentmesh keys create/list/revoke/usage` as a real process against this test's NATS
+(JetStream) and Redis."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+from typing import Any
 
 import pytest
 
+from agentmesh.broker.bus import Bus
 from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.durable import KEYS_BUCKET, DurableState
 from agentmesh.broker.servers import free_port
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects
@@ -25,6 +29,14 @@ def printed_key(out: str) -> tuple[str, str]:
     return found[0].group(0), found[0].group(1)
 
 
+async def stored(settings: Settings, key_id: str) -> dict[str, Any]:
+    """The key's record in the KV bucket."""
+    async with await Bus.connect(settings, name="tests") as bus:
+        record = await DurableState(bus.nc).bucket(KEYS_BUCKET).get(f"{settings.prefix}.{key_id}")
+    assert record is not None
+    return record
+
+
 async def test_keys_create_prints_a_new_key_once_with_its_scopes_and_limit(
     agentmesh_exe: str, env_for: dict[str, str], settings: Settings
 ) -> None:
@@ -38,13 +50,9 @@ async def test_keys_create_prints_a_new_key_once_with_its_scopes_and_limit(
     assert "5/60s" in result.out
     assert key_id in result.out.splitlines()[0]
 
-    redis = await connect_redis(settings)
-    try:
-        stored = await redis.hgetall(f"{settings.prefix}:key:{key_id}")
-    finally:
-        await redis.aclose()
-    assert stored[b"hash"].decode() == hashlib.sha256(key.encode()).hexdigest()
-    assert stored[b"name"] == b"ci bot"
+    record = await stored(settings, key_id)
+    assert record["hash"] == hashlib.sha256(key.encode()).hexdigest()
+    assert record["name"] == "ci bot"
 
 
 async def test_keys_create_quiet_prints_only_the_key(
@@ -162,6 +170,19 @@ async def test_keys_with_redis_down_exits_1_naming_the_url(
     assert result.out == ""
 
 
+@pytest.mark.parametrize("args", [["create", "x"], ["list"], ["revoke", "abcdefghijkl"], ["usage"]])
+async def test_keys_with_nats_down_exits_1_naming_the_url(
+    agentmesh_exe: str, env_for: dict[str, str], args: list[str]
+) -> None:
+    # Keys live in JetStream: without NATS there is nothing to read or write them in.
+    url = f"nats://127.0.0.1:{free_port()}"
+    result = await run_cli(agentmesh_exe, "keys", *args, env={**env_for, "AGENTMESH_NATS_URL": url})
+    assert result.code == 1
+    assert url in result.err and "cannot reach NATS" in result.err
+    assert "Traceback" not in result.err
+    assert result.out == ""
+
+
 # token limits and usage -----------------------------------------------------------------------
 async def test_keys_create_with_a_token_limit_stores_it_and_list_shows_it(
     agentmesh_exe: str, env_for: dict[str, str], settings: Settings
@@ -174,12 +195,7 @@ async def test_keys_create_with_a_token_limit_stores_it_and_list_shows_it(
     assert "token limit: 10000/60s" in result.out
     assert "rate limit:  none" in result.out
 
-    redis = await connect_redis(settings)
-    try:
-        stored = await redis.hget(f"{settings.prefix}:key:{key_id}", "token_limit")
-    finally:
-        await redis.aclose()
-    assert stored == b"10000/60s"
+    assert (await stored(settings, key_id))["token_limit"] == "10000/60s"
 
     listed = await run_cli(agentmesh_exe, "keys", "list", env=env_for)
     header, row = listed.out.splitlines()
@@ -192,11 +208,11 @@ async def test_keys_create_with_a_token_limit_stores_it_and_list_shows_it(
 
 
 async def test_keys_usage_prints_the_counters_per_key_and_model(
-    agentmesh_exe: str, env_for: dict[str, str], settings: Settings
+    agentmesh_exe: str, env_for: dict[str, str], settings: Settings, durable: DurableState
 ) -> None:
     redis = await connect_redis(settings)
     try:
-        store = UsageStore(redis, Subjects(settings.prefix))
+        store = UsageStore(durable, redis, Subjects(settings.prefix))
         tokens = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
         await store.add("abcdefghijkl", "gpt-4.1-mini", tokens, error=False)
         await store.add("abcdefghijkl", "gpt-4.1-mini", {}, error=True)
@@ -246,12 +262,7 @@ async def test_keys_create_with_tools_stores_them_and_list_shows_them(
     _, key_id = printed_key(result.out)
     assert "  tools:       time/*, demo/echo, */read_*\n" in result.out
 
-    redis = await connect_redis(settings)
-    try:
-        stored = await redis.hget(f"{settings.prefix}:key:{key_id}", "tools")
-    finally:
-        await redis.aclose()
-    assert json.loads(stored) == ["time/*", "demo/echo", "*/read_*"]
+    assert (await stored(settings, key_id))["tools"] == ["time/*", "demo/echo", "*/read_*"]
 
     listed = await run_cli(agentmesh_exe, "keys", "list", env=env_for)
     _, row = listed.out.splitlines()
@@ -269,3 +280,29 @@ async def test_keys_create_without_tools_allows_every_tool(
     result = await run_cli(agentmesh_exe, "keys", "create", "plain", env=env_for)
     assert result.code == 0, result.err
     assert "  tools:       all\n" in result.out
+
+
+# keys an earlier version kept in Redis ---------------------------------------------------------
+async def test_keys_list_moves_keys_of_the_old_redis_layout_into_jetstream_first(
+    agentmesh_exe: str, env_for: dict[str, str], settings: Settings
+) -> None:
+    key_id = "legacy000001"
+    redis = await connect_redis(settings)
+    try:
+        await redis.hset(
+            f"{settings.prefix}:key:{key_id}",
+            mapping={"name": "from redis", "scopes": "send", "created_at": "1700000000.0",
+                     "hash": hashlib.sha256(b"amk_legacy000001_x").hexdigest()},
+        )  # fmt: skip
+        await redis.sadd(f"{settings.prefix}:keys", key_id)
+        result = await run_cli(agentmesh_exe, "keys", "list", "--json", env=env_for)
+        assert result.code == 0, result.err
+        assert "moved 1 keys, 0 webhooks" in result.err
+        [row] = json.loads(result.out)
+        assert (row["key_id"], row["name"], row["scopes"]) == (key_id, "from redis", ["send"])
+        assert not await redis.exists(f"{settings.prefix}:keys", f"{settings.prefix}:key:{key_id}")
+    finally:
+        await redis.aclose()
+    assert (await stored(settings, key_id))["name"] == "from redis"
+    again = await run_cli(agentmesh_exe, "keys", "list", env=env_for)
+    assert again.err == "" and key_id in again.out

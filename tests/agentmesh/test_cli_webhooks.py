@@ -1,4 +1,5 @@
-"""`agentmesh webhooks create/list/delete` as a real process against this test's Redis."""
+"""`agentmesh webhooks create/list/delete` as a real process against this test's NATS
+(JetStream) and Redis."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import shutil
 
 import pytest
 
+from agentmesh.broker.bus import Bus
 from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.durable import DurableState
 from agentmesh.broker.servers import free_port
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects
@@ -20,7 +23,9 @@ from tests.agentmesh.test_cli import run_cli
 async def stored_secret(settings: Settings, name: str) -> str | None:
     redis = await connect_redis(settings)
     try:
-        hook = await WebhookStore(redis, Subjects(settings.prefix)).get(name)
+        async with await Bus.connect(settings, name="tests") as bus:
+            store = WebhookStore(DurableState(bus.nc), redis, Subjects(settings.prefix))
+            hook = await store.get(name)
         return hook.secret if hook else None
     finally:
         await redis.aclose()
@@ -119,6 +124,16 @@ async def test_bad_input_is_one_clear_line_and_exit_code_1(
     ).code == 0
     again = await run_cli(agentmesh_exe, "webhooks", "create", "ok", "-a", "y", env=env_for)
     assert again.code == 1 and "already exists" in again.err
+
+
+async def test_nats_down_is_a_clear_error_not_a_traceback(
+    agentmesh_exe: str, env_for: dict[str, str]
+) -> None:
+    env = env_for | {"AGENTMESH_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    for args in (("create", "x", "-a", "y"), ("list",), ("delete", "x")):
+        r = await run_cli(agentmesh_exe, "webhooks", *args, env=env)
+        assert r.code == 1 and "cannot reach NATS" in r.err, r.err
+        assert "Traceback" not in r.err
 
 
 async def test_redis_down_is_a_clear_error_not_a_traceback(

@@ -22,7 +22,10 @@ import httpx
 import pytest
 from mcp import Client
 
+from agentmesh.agents.client import MeshClient
 from agentmesh.broker.servers import free_port, port_in_use, process_alive
+from agentmesh.broker.settings import Settings
+from agentmesh.schemas.task import TaskStatus
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -374,3 +377,15 @@ def test_up_on_a_port_in_use_exits_1_naming_the_port_and_leaves_no_server_behind
     assert "is running" not in up.output  # no banner
     # With Redis's port taken, nats-server was already up: it must have been stopped again.
     assert not port_in_use(other_port)
+
+
+async def test_up_runs_an_executor_so_a_task_for_the_echo_agent_completes(mesh: Mesh) -> None:
+    settings = Settings(
+        nats_url=f"nats://127.0.0.1:{mesh.nats_port}",
+        redis_url=f"redis://127.0.0.1:{mesh.redis_port}/0",
+    )
+    async with MeshClient.connect(settings) as client:
+        ref = await client.tasks.submit("echo", "durable hello")
+        record = await client.tasks.wait(ref.task_id, timeout=20)
+    assert record.status is TaskStatus.COMPLETED, record.error
+    assert record.result is not None and record.result.text == "durable hello"

@@ -21,7 +21,9 @@ import httpx
 import yaml
 
 from agentmesh.agents.client import MeshClient
+from agentmesh.broker.bus import Bus
 from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.durable import DurableState
 from agentmesh.broker.ratelimit import Limit
 from agentmesh.broker.servers import free_port
 from agentmesh.broker.settings import Settings
@@ -205,16 +207,13 @@ async def workers_serving(mesh: Mesh, count: int, *, timeout: float = 20.0) -> N
 
 async def bench_key(settings: Settings) -> str:
     """An API key with a request and a token limit, both far above what the run uses."""
-    redis = await connect_redis(settings)
-    try:
-        key, _ = await KeyStore(redis, Subjects(settings.prefix)).create(
+    async with await Bus.connect(settings, name="bench") as bus:
+        key, _ = await KeyStore(DurableState(bus.nc), bus.subjects).create(
             "bench",
             scopes=frozenset({Scope.SEND}),
             rate_limit=Limit.parse(KEY_LIMITS[0]),
             token_limit=Limit.parse(KEY_LIMITS[1]),
         )
-    finally:
-        await redis.aclose()
     return key
 
 

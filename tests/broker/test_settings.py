@@ -43,6 +43,10 @@ def test_every_field_can_be_set_from_its_own_variable() -> None:
         "AGENTMESH_MAX_CONCURRENCY": "8",
         "AGENTMESH_MAX_QUEUED": "16",
         "AGENTMESH_CONNECT_TIMEOUT": "1.5",
+        "AGENTMESH_JETSTREAM_REPLICAS": "3",
+        "AGENTMESH_TASK_RETENTION": "3600",
+        "AGENTMESH_TASK_LEASE": "12",
+        "AGENTMESH_TASK_RETRY_BACKOFF": "0.5",
     }
     # Keep this test honest when a field is added: every field must be covered above.
     assert {f"AGENTMESH_{f.name.upper()}" for f in dataclasses.fields(Settings)} == set(env)
@@ -63,6 +67,10 @@ def test_every_field_can_be_set_from_its_own_variable() -> None:
         max_concurrency=8,
         max_queued=16,
         connect_timeout=1.5,
+        jetstream_replicas=3,
+        task_retention=3600.0,
+        task_lease=12.0,
+        task_retry_backoff=0.5,
     )
 
 

@@ -9,10 +9,23 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from agentmesh.broker.servers import free_port
+from agentmesh.broker.servers import NatsServer, free_port
 from agentmesh.broker.settings import Settings
 from agentmesh.gateway.server import AsgiServer, make_server
 from agentmesh.gateway.state import GatewayConfig
+
+
+class NatsWithoutJetStream(NatsServer):
+    """A nats-server with JetStream off, started on the port (and data dir) of `like`: core NATS
+    works, every JetStream request has no responder, as when JetStream is down."""
+
+    def __init__(self, like: NatsServer) -> None:
+        super().__init__(port=like.port, data_dir=like.data_dir, host=like.host)
+
+    def command(self) -> list[str]:
+        full = super().command()
+        at = full.index("-js")
+        return full[:at] + full[at + 3 :]  # without "-js", "-sd", <dir>
 
 
 @dataclass

@@ -10,8 +10,8 @@ import anthropic
 import httpx
 import openai
 import pytest
-import redis.asyncio as aioredis
 
+from agentmesh.broker.durable import DurableState
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects
 from agentmesh.gateway.auth import Scope
@@ -312,10 +312,10 @@ async def test_the_openai_sdk_reaches_an_anthropic_deployment(
 
 
 async def test_the_sdks_x_api_key_authenticates_and_a_key_without_send_is_refused(
-    start_gateway: StartGateway, models: None, redis: aioredis.Redis, settings: Settings
+    start_gateway: StartGateway, models: None, durable: DurableState, settings: Settings
 ) -> None:
     gateway = await start_gateway(config=GatewayConfig(auth=True))
-    keys = KeyStore(redis, Subjects(settings.prefix))
+    keys = KeyStore(durable, Subjects(settings.prefix))
     sender, _ = await keys.create("sdk", scopes=frozenset({Scope.SEND}))
     reader, _ = await keys.create("reader", scopes=frozenset({Scope.AGENTS_READ}))
 

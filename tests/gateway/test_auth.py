@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.context import Context
-from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.durable import KEYS_BUCKET, DurableState
 from agentmesh.broker.ratelimit import Limit
 from agentmesh.broker.servers import RedisServer
 from agentmesh.broker.settings import Settings
@@ -35,8 +36,23 @@ SEND_BODY = {"to_agent_id": "echo", "content": [{"type": "text", "text": "hi"}],
 
 
 @pytest.fixture
-def keys(redis: aioredis.Redis, settings: Settings) -> KeyStore:
-    return KeyStore(redis, Subjects(settings.prefix))
+def keys(durable: DurableState, settings: Settings) -> KeyStore:
+    return KeyStore(durable, Subjects(settings.prefix))
+
+
+async def stored(durable: DurableState, settings: Settings, key_id: str) -> dict[str, Any]:
+    """A key's record as the KV bucket holds it."""
+    record = await durable.bucket(KEYS_BUCKET).get(f"{settings.prefix}.{key_id}")
+    assert record is not None
+    return record
+
+
+async def rewrite(durable: DurableState, settings: Settings, key_id: str, **fields: Any) -> None:
+    """Change a stored record by hand (a field set to `...` is removed)."""
+    record = await stored(durable, settings, key_id)
+    record.update(fields)
+    record = {k: v for k, v in record.items() if v is not ...}
+    await durable.bucket(KEYS_BUCKET).put(f"{settings.prefix}.{key_id}", record)
 
 
 @pytest.fixture
@@ -385,8 +401,12 @@ async def dump_redis(redis: aioredis.Redis) -> bytes:
     return bytes(out)
 
 
-async def test_keys_are_stored_only_as_their_sha256_hash(
-    client: httpx.AsyncClient, keys: KeyStore, redis: aioredis.Redis, settings: Settings
+async def test_keys_are_stored_only_as_their_sha256_hash_in_jetstream_and_not_in_redis(
+    client: httpx.AsyncClient,
+    keys: KeyStore,
+    durable: DurableState,
+    redis: aioredis.Redis,
+    settings: Settings,
 ) -> None:
     key = await make_key(keys, Scope.AGENTS_READ, rate_limit="100/60s", name="stored")
     assert (await client.get("/gateway/agents", headers=bearer(key))).status_code == 200
@@ -396,13 +416,16 @@ async def test_keys_are_stored_only_as_their_sha256_hash(
     everything = await dump_redis(redis)
     assert key.encode() not in everything
     assert secret.encode() not in everything
+    assert not await redis.exists(f"{settings.prefix}:key:{key_id}", f"{settings.prefix}:keys")
 
-    record = await redis.hgetall(f"{settings.prefix}:key:{key_id}")
-    assert record[b"hash"].decode() == hashlib.sha256(key.encode()).hexdigest()
-    assert record[b"name"] == b"stored"
-    assert record[b"scopes"] == b"agents:read"
-    assert record[b"rate_limit"] == b"100/60s"
-    assert await redis.smembers(f"{settings.prefix}:keys") == {key_id.encode()}
+    record = await stored(durable, settings, key_id)
+    assert secret not in json.dumps(record)
+    assert record["hash"] == hashlib.sha256(key.encode()).hexdigest()
+    assert (record["name"], record["scopes"], record["rate_limit"]) == (
+        "stored",
+        ["agents:read"],
+        "100/60s",
+    )
 
 
 # rate limits ---------------------------------------------------------------------------------
@@ -455,11 +478,11 @@ async def test_a_key_without_a_rate_limit_is_not_limited(
 
 
 async def test_a_stored_limit_that_can_never_pass_is_a_429_without_retry_after(
-    client: httpx.AsyncClient, keys: KeyStore, redis: aioredis.Redis, settings: Settings
+    client: httpx.AsyncClient, keys: KeyStore, durable: DurableState, settings: Settings
 ) -> None:
     # `keys create` refuses such a limit; a record written by hand must still not crash a call.
     key = await make_key(keys, Scope.AGENTS_READ, rate_limit="1/s")
-    await redis.hset(f"{settings.prefix}:key:{key.split('_')[1]}", "rate_limit", "0.5/1s")
+    await rewrite(durable, settings, key.split("_")[1], rate_limit="0.5/1s")
     r = await client.get("/gateway/agents", headers=bearer(key))
     assert r.status_code == 429, r.text
     assert "retry-after" not in r.headers
@@ -474,14 +497,14 @@ async def test_keys_refuse_a_rate_limit_below_one_call_per_period(keys: KeyStore
 
 # tool permissions ----------------------------------------------------------------------------
 async def test_a_key_created_with_tool_patterns_keeps_them_through_lookup_and_list(
-    keys: KeyStore, redis: aioredis.Redis, settings: Settings
+    keys: KeyStore, durable: DurableState, settings: Settings
 ) -> None:
     key, created = await keys.create(
         "tools", scopes=frozenset({Scope.SEND}), tools=[" time/* ", "demo/echo", "time/*"]
     )
     assert created.tools == ("time/*", "demo/echo")  # stripped, deduplicated in order
-    stored = await redis.hget(f"{settings.prefix}:key:{created.key_id}", "tools")
-    assert stored == b'["time/*", "demo/echo"]'
+    record = await stored(durable, settings, created.key_id)
+    assert record["tools"] == ["time/*", "demo/echo"]
 
     looked_up = await keys.lookup(key)
     assert looked_up is not None and looked_up.tools == ("time/*", "demo/echo")
@@ -490,24 +513,23 @@ async def test_a_key_created_with_tool_patterns_keeps_them_through_lookup_and_li
 
 
 async def test_tools_none_means_every_tool_and_an_empty_list_means_none(
-    keys: KeyStore, redis: aioredis.Redis, settings: Settings
+    keys: KeyStore, durable: DurableState, settings: Settings
 ) -> None:
     every, rec_every = await keys.create("every", scopes=frozenset({Scope.SEND}))
     no_tool, rec_none = await keys.create("none", scopes=frozenset({Scope.SEND}), tools=[])
     assert (rec_every.tools, rec_none.tools) == (None, ())
-    hash_of = f"{settings.prefix}:key:{{}}"
-    assert await redis.hget(hash_of.format(rec_every.key_id), "tools") == b""
-    assert await redis.hget(hash_of.format(rec_none.key_id), "tools") == b"[]"
+    assert (await stored(durable, settings, rec_every.key_id))["tools"] is None
+    assert (await stored(durable, settings, rec_none.key_id))["tools"] == []
     found_every, found_none = await keys.lookup(every), await keys.lookup(no_tool)
     assert found_every is not None and found_every.tools is None
     assert found_none is not None and found_none.tools == ()
 
 
-async def test_a_key_stored_before_tool_permissions_existed_may_use_every_tool(
-    client: httpx.AsyncClient, keys: KeyStore, redis: aioredis.Redis, settings: Settings
+async def test_a_record_without_tools_may_use_every_tool(
+    client: httpx.AsyncClient, keys: KeyStore, durable: DurableState, settings: Settings
 ) -> None:
     key, record = await keys.create("old", scopes=frozenset({Scope.ADMIN}), tools=["a/b"])
-    await redis.hdel(f"{settings.prefix}:key:{record.key_id}", "tools")
+    await rewrite(durable, settings, record.key_id, tools=...)
     looked_up = await keys.lookup(key)
     assert looked_up is not None and looked_up.tools is None
     [info] = (await client.get("/gateway/keys", headers=bearer(key))).json()["keys"]
@@ -515,10 +537,10 @@ async def test_a_key_stored_before_tool_permissions_existed_may_use_every_tool(
 
 
 async def test_a_damaged_tools_field_grants_no_tool(
-    keys: KeyStore, redis: aioredis.Redis, settings: Settings
+    keys: KeyStore, durable: DurableState, settings: Settings
 ) -> None:
     key, record = await keys.create("damaged", scopes=frozenset({Scope.SEND}))
-    await redis.hset(f"{settings.prefix}:key:{record.key_id}", "tools", "time/*")  # not JSON
+    await rewrite(durable, settings, record.key_id, tools="time/*")  # not a list
     looked_up = await keys.lookup(key)
     assert looked_up is not None and looked_up.tools == ()
 
@@ -602,15 +624,11 @@ async def test_creating_a_key_over_http_with_a_bad_tool_pattern_is_a_400(
 
 # Redis down ----------------------------------------------------------------------------------
 async def test_a_call_while_redis_is_down_is_a_503_not_a_crash(
-    start_gateway: StartGateway, settings: Settings, own_redis: RedisServer
+    start_gateway: StartGateway, settings: Settings, own_redis: RedisServer, keys: KeyStore
 ) -> None:
     own = dataclasses.replace(settings, redis_url=own_redis.url)
     replica = await start_gateway(config=AUTH, settings_=own)
-    client = await connect_redis(own)
-    try:
-        key = await make_key(KeyStore(client, Subjects(own.prefix)), Scope.AGENTS_READ)
-    finally:
-        await client.aclose()
+    key = await make_key(keys, Scope.AGENTS_READ)  # the key is in JetStream: no Redis needed
     async with httpx.AsyncClient(base_url=replica.url, timeout=30) as http:
         assert (await http.get("/gateway/agents", headers=bearer(key))).status_code == 200
         own_redis.stop()

@@ -18,8 +18,10 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
+from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.durable import DurableState
 from agentmesh.broker.ratelimit import Limit
-from agentmesh.broker.servers import RedisServer, free_port
+from agentmesh.broker.servers import NatsServer, RedisServer, free_port
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects
 from agentmesh.gateway.auth import Scope
@@ -27,7 +29,10 @@ from agentmesh.gateway.keys import KeyStore
 from agentmesh.gateway.llm_limits import COMPLETION_RESERVE, estimate_tokens, settled
 from agentmesh.gateway.state import GatewayConfig
 from agentmesh.gateway.usage import UsageStore
-from tests.gateway.conftest import Replica, StartGateway
+from agentmesh.workers.llm.config import LLMConfig
+from agentmesh.workers.llm.worker import LLMWorker
+from tests.conftest import Logged
+from tests.gateway.conftest import NatsWithoutJetStream, Replica, StartGateway
 from tests.workers.fake_upstreams import FakeOpenAI
 from tests.workers.fixtures import StartWorker
 
@@ -41,8 +46,8 @@ UPSTREAM_TOTAL = 8  # what the fake upstream reports for every call
 
 
 @pytest.fixture
-def keys(redis: aioredis.Redis, settings: Settings) -> KeyStore:
-    return KeyStore(redis, Subjects(settings.prefix))
+def keys(durable: DurableState, settings: Settings) -> KeyStore:
+    return KeyStore(durable, Subjects(settings.prefix))
 
 
 @pytest.fixture
@@ -334,11 +339,6 @@ async def test_usage_is_counted_per_key_and_model_and_shown_to_admins(
             "errors": 0,
         },
     }
-    # In Redis, one hash per key and model; the alias is escaped as in subjects.
-    await settled()
-    stored = await redis.hgetall(f"{settings.prefix}:usage:{key_id}:gpt-4~2e1-mini")
-    assert {k.decode(): int(v) for k, v in stored.items()} == mine[MODEL]
-
     async with httpx.AsyncClient(base_url=replicas[1].url) as http:
         everyone = await http.get("/gateway/usage", headers={"Authorization": f"Bearer {admin}"})
         only_mine = await http.get(
@@ -365,6 +365,9 @@ async def test_usage_is_counted_per_key_and_model_and_shown_to_admins(
         (key_id, "echo"),
     }
     assert not_admin.status_code == 403
+    # Cached in Redis once read, one hash per key and model; the alias escaped as in subjects.
+    stored = await redis.hgetall(f"{settings.prefix}:usage:{key_id}:gpt-4~2e1-mini")
+    assert {k.decode(): int(v) for k, v in stored.items()} == mine[MODEL]
 
 
 async def test_calls_refused_by_the_token_budget_count_as_requests_and_errors(
@@ -386,23 +389,69 @@ async def test_calls_refused_by_the_token_budget_count_as_requests_and_errors(
     assert (row["requests"], row["errors"], row["total_tokens"]) == (2, 1, 8)
 
 
-async def test_usage_that_cannot_be_counted_is_logged_and_the_call_still_answers(
+async def test_usage_of_calls_made_while_redis_is_down_is_counted_all_the_same(
     start_gateway: StartGateway,
     settings: Settings,
     own_redis: RedisServer,
     models: None,
-    caplog: pytest.LogCaptureFixture,
+    durable: DurableState,
 ) -> None:
-    # A gateway (auth off) whose Redis is gone: the call goes through the mesh all the same.
-    replica = await start_gateway(settings_=settings.with_(redis_url=own_redis.url))
-    own_redis.stop()
+    # A gateway (auth off) whose Redis is gone: the call goes through the mesh, and its usage
+    # into JetStream; the totals are folded into the (new, empty) Redis when they are read.
+    own = settings.with_(redis_url=own_redis.url)
+    replica = await start_gateway(settings_=own)
+    await asyncio.to_thread(own_redis.stop)
     async with openai.AsyncOpenAI(
         base_url=f"{replica.url}/v1", api_key="unused", max_retries=0
     ) as client:
-        with caplog.at_level(logging.WARNING, logger="agentmesh.gateway.llm_limits"):
-            reply = await chat(client, max_tokens=2)
-            await settled()
+        reply = await chat(client, max_tokens=2)
     assert reply.choices[0].message.content == "hello from upstream"
+    await asyncio.to_thread(own_redis.start)
+    redis = await connect_redis(own)
+    try:
+        [usage] = await UsageStore(durable, redis, Subjects(own.prefix)).read()
+    finally:
+        await redis.aclose()
+    assert (usage.key_id, usage.model, usage.requests, usage.total_tokens) == (
+        "anonymous",
+        MODEL,
+        1,
+        UPSTREAM_TOTAL,
+    )
+
+
+async def test_usage_that_cannot_be_counted_is_logged_and_the_call_still_answers(
+    own_nats: NatsServer,  # first: stopped after the gateway
+    start_gateway: StartGateway,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A mesh whose NATS comes back without JetStream: calls still go through the bus (core
+    # NATS), but their usage cannot be stored.
+    own = settings.with_(nats_url=own_nats.url)
+    echo = {"models": [{"name": "echo", "deployments": [ECHO_DEPLOYMENT]}]}
+    worker = LLMWorker(LLMConfig.parse(echo))
+    await worker.start(own)
+    try:
+        replica = await start_gateway(settings_=own)
+        await asyncio.to_thread(own_nats.stop)
+        plain = NatsWithoutJetStream(own_nats)
+        with Logged("agentmesh.broker.bus", "reconnected to NATS") as back:
+            await asyncio.to_thread(plain.start)
+            await back.wait(2)  # the worker and the gateway
+        try:
+            async with openai.AsyncOpenAI(
+                base_url=f"{replica.url}/v1", api_key="unused", max_retries=0
+            ) as client:
+                with caplog.at_level(logging.WARNING, logger="agentmesh.gateway.llm_limits"):
+                    reply = await chat(client, max_tokens=2, model="echo")
+                    await settled()
+        finally:
+            await asyncio.to_thread(plain.stop)
+            await asyncio.to_thread(own_nats.start)  # for the orderly stop of the worker
+    finally:
+        await worker.stop()
+    assert reply.choices[0].message.content
     assert any("could not count usage" in r.getMessage() for r in caplog.records)
 
 
@@ -433,6 +482,7 @@ async def test_usage_of_every_completed_call_survives_a_gateway_sigkill_right_af
     env_for: dict[str, str],
     start_worker: StartWorker,
     redis: aioredis.Redis,
+    durable: DurableState,
     settings: Settings,
 ) -> None:
     """Usage is what users bill from: written before the reply goes out, never after it."""
@@ -469,6 +519,6 @@ async def test_usage_of_every_completed_call_survives_a_gateway_sigkill_right_af
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    [usage] = await UsageStore(redis, Subjects(settings.prefix)).read()
+    [usage] = await UsageStore(durable, redis, Subjects(settings.prefix)).read()
     assert (usage.key_id, usage.model, usage.requests, usage.errors) == ("anonymous", "echo", 21, 0)
     assert usage.total_tokens > 0

@@ -26,8 +26,8 @@ async def replica(start_gateway, start_mcp_worker):
     return await start_gateway(config=GatewayConfig(auth=True))
 
 
-async def new_key(redis, settings, tools=None, scopes=(Scope.SEND, Scope.AGENTS_READ)) -> str:
-    store = KeyStore(redis, Subjects(settings.prefix))
+async def new_key(durable, settings, tools=None, scopes=(Scope.SEND, Scope.AGENTS_READ)) -> str:
+    store = KeyStore(durable, Subjects(settings.prefix))
     key, _ = await store.create("tooler", scopes=frozenset(scopes), tools=tools)
     return key
 
@@ -41,8 +41,8 @@ async def mcp_client(url: str, key: str | None) -> AsyncIterator[Client]:
             yield client
 
 
-async def test_a_limited_key_sees_and_calls_only_its_tools(replica, redis, settings):
-    key = await new_key(redis, settings, tools=["time/*", "demo/echo"])
+async def test_a_limited_key_sees_and_calls_only_its_tools(replica, durable, settings):
+    key = await new_key(durable, settings, tools=["time/*", "demo/echo"])
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=replica.url, headers=headers, timeout=10) as http:
         listed = (await http.get("/v1/tools")).json()
@@ -70,17 +70,17 @@ async def test_a_limited_key_sees_and_calls_only_its_tools(replica, redis, setti
         assert hidden.value.code == types.INVALID_PARAMS  # not listed, so an unknown tool
 
 
-async def test_a_key_without_tool_patterns_sees_every_tool(replica, redis, settings):
-    key = await new_key(redis, settings)
+async def test_a_key_without_tool_patterns_sees_every_tool(replica, durable, settings):
+    key = await new_key(durable, settings)
     async with mcp_client(replica.url, key) as client:
         names = {t.name for t in (await client.list_tools()).tools}
         assert {"time_get_current_time", "demo_add", "demo_echo"} <= names
 
 
-async def test_mcp_needs_a_valid_key_with_the_send_scope(replica, redis, settings):
+async def test_mcp_needs_a_valid_key_with_the_send_scope(replica, durable, settings):
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
     accept = {"Accept": "application/json, text/event-stream"}
-    reader = await new_key(redis, settings, scopes=(Scope.AGENTS_READ,))
+    reader = await new_key(durable, settings, scopes=(Scope.AGENTS_READ,))
     async with httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
         missing = await http.post("/mcp", json=body, headers=accept)
         assert missing.status_code == 401 and missing.json()["error"]["code"] == "UNAUTHORIZED"

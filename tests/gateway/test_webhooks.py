@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.context import Context
+from agentmesh.broker.durable import DurableState
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects
 from agentmesh.gateway.state import GatewayConfig
@@ -82,8 +83,8 @@ def recorder(agent_id: str = "triage") -> Recorder:
 
 
 @pytest.fixture
-async def store(redis: aioredis.Redis, settings: Settings) -> WebhookStore:
-    store = WebhookStore(redis, Subjects(settings.prefix))
+async def store(durable: DurableState, redis: aioredis.Redis, settings: Settings) -> WebhookStore:
+    store = WebhookStore(durable, redis, Subjects(settings.prefix))
     await store.create("github", agent_id="triage", secret=SECRET)
     return store
 

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.client import MeshClient
 from agentmesh.agents.context import Context
-from agentmesh.broker.connections import connect_redis
+from agentmesh.broker.durable import DurableState
 from agentmesh.broker.ratelimit import Limit
 from agentmesh.broker.servers import free_port
 from agentmesh.broker.settings import Settings
@@ -223,16 +223,12 @@ async def test_with_auth_on_a_socket_without_a_key_is_refused_as_unauthorized(
 
 
 async def test_each_send_frame_counts_against_the_keys_rate_limit(
-    start_gateway: StartGateway, settings: Settings, start_agent: StartAgent
+    start_gateway: StartGateway, settings: Settings, start_agent: StartAgent, durable: DurableState
 ) -> None:
-    redis = await connect_redis(settings)
-    try:
-        keys = KeyStore(redis, Subjects(settings.prefix))
-        key, _ = await keys.create(
-            "ws", scopes=frozenset({Scope.CONNECT}), rate_limit=Limit(2, 60), agents=["limited"]
-        )
-    finally:
-        await redis.aclose()
+    keys = KeyStore(durable, Subjects(settings.prefix))
+    key, _ = await keys.create(
+        "ws", scopes=frozenset({Scope.CONNECT}), rate_limit=Limit(2, 60), agents=["limited"]
+    )
     replica = await start_gateway(config=GatewayConfig(auth=True))
     await start_agent(echo_agent())
     async with ws_agent(replica, "limited", api_key=key) as sock:  # the connect costs one

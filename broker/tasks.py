@@ -1,0 +1,566 @@
+"""Durable tasks and traces in JetStream: the store every submitter, executor and watcher uses.
+
+Per mesh prefix `<p>` (created idempotently by whoever needs them first; replicas from
+`Settings.jetstream_replicas`):
+
+    agentmesh_<p>_tasks        KV      `<task_id>` → the TaskRecord (msgpack), updated
+                                       compare-and-set on its revision
+    agentmesh_<p>_traces       KV      `<trace_id>` → the Trace (msgpack)
+    agentmesh_<p>_task_index   KV      `idem.<sha256 of the key>` → task id;
+                                       `trace.<trace_id>.<task_id>`, `ws.<workspace>.<trace_id>`
+                                       → empty (listing without a scan)
+    agentmesh_<p>_task_queue   stream  `<p>.tasks.queue.<priority>`: one message per task (its id),
+                                       work-queue retention; durable consumers
+                                       `executors-<priority>` shared by every executor
+    agentmesh_<p>_task_events  stream  `<p>.tasks.events.<task_id>`: the task's event log
+
+and two core subjects: `<p>.tasks.nudge` (a task was queued) and `<p>.tasks.cancel.<task_id>`.
+A task is submitted in this order: idempotency claim, record, first event, queue message, nudge;
+the submitter hears its id only after the queue message is acknowledged by JetStream. A crash in
+between leaves a record that a retried submit (same idempotency key) completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import api
+from nats.js.kv import KeyValue
+
+from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import Subjects, validate_id
+from agentmesh.schemas.codec import decode, encode
+from agentmesh.schemas.errors import (
+    Conflict,
+    InvalidMessage,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
+from agentmesh.schemas.task import (
+    TASK_ID_RE,
+    TRACE_ID_RE,
+    Priority,
+    TaskEvent,
+    TaskEventKind,
+    TaskRecord,
+    TaskRef,
+    TaskSpec,
+    TaskStatus,
+    Trace,
+)
+
+logger = logging.getLogger(__name__)
+
+QUEUE_DUPLICATE_WINDOW = 120.0  # seconds: a re-submitted task id is queued once
+MAX_CAS_RETRIES = 50
+WAIT_RECHECK = 5.0  # seconds a waiter follows events before it reads the record again
+WAIT_RETRY = 0.2  # seconds between tries while NATS is unreachable
+_UNREACHABLE = (nats.errors.Error, OSError, TimeoutError)
+
+
+def names(prefix: str) -> dict[str, str]:
+    """The JetStream resources of mesh `prefix`, by role."""
+    return {
+        role: f"agentmesh_{prefix}_{role}"
+        for role in ("tasks", "traces", "task_index", "task_queue", "task_events")
+    }
+
+
+def consumer_name(priority: Priority) -> str:
+    return f"executors-{priority.value}"
+
+
+def validate_task_id(task_id: object) -> str:
+    if isinstance(task_id, str) and TASK_ID_RE.fullmatch(task_id):
+        return task_id
+    raise NotFound(f"no task {task_id!r}", details={"task_id": str(task_id)[:80]})
+
+
+def validate_trace_id(trace_id: object) -> str:
+    if isinstance(trace_id, str) and TRACE_ID_RE.fullmatch(trace_id):
+        return trace_id
+    raise NotFound(f"no trace {trace_id!r}", details={"trace_id": str(trace_id)[:80]})
+
+
+class TaskStore:
+    """Tasks, their events and traces of one mesh, on one NATS connection."""
+
+    def __init__(self, nc: NatsClient, settings: Settings, *, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.subjects = Subjects(settings.prefix)
+        self.names = names(settings.prefix)
+        self.js = nc.jetstream(timeout=timeout)
+        self._kv: dict[str, KeyValue] = {}
+        self._ready = False
+
+    # Set-up ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _calling(self, what: str):  # noqa: ANN202 - a context manager
+        if not self.nc.is_connected:
+            raise Unavailable(f"NATS is reconnecting ({what}); retry shortly")
+        try:
+            yield
+        except _UNREACHABLE as exc:
+            if isinstance(exc, nats.js.errors.KeyWrongLastSequenceError):
+                raise
+            logger.warning("JetStream unreachable (%s): %s", what, exc or type(exc).__name__)
+            raise Unavailable(f"NATS JetStream is unreachable ({what}); retry shortly") from None
+
+    async def ensure(self) -> None:
+        """Create the buckets, streams and consumers if they are missing (idempotent).
+
+        Raises:
+            Unavailable: JetStream cannot be reached or is not enabled.
+        """
+        if self._ready:
+            return
+        s, n = self.settings, self.names
+        with self._calling("creating the task store"):
+            for role in ("tasks", "traces", "task_index"):
+                self._kv[role] = await self._bucket(n[role])
+            await self._stream(
+                api.StreamConfig(
+                    name=n["task_queue"],
+                    subjects=[self.subjects.task_queue()],
+                    retention=api.RetentionPolicy.WORK_QUEUE,
+                    storage=api.StorageType.FILE,
+                    num_replicas=s.jetstream_replicas,
+                    duplicate_window=QUEUE_DUPLICATE_WINDOW,
+                )
+            )
+            await self._stream(
+                api.StreamConfig(
+                    name=n["task_events"],
+                    subjects=[self.subjects.task_events()],
+                    retention=api.RetentionPolicy.LIMITS,
+                    storage=api.StorageType.FILE,
+                    num_replicas=s.jetstream_replicas,
+                    max_age=s.task_retention,
+                    allow_direct=True,
+                )
+            )
+            for priority in Priority:
+                config = api.ConsumerConfig(
+                    durable_name=consumer_name(priority),
+                    filter_subject=self.subjects.task_queue(priority.value),
+                    ack_policy=api.AckPolicy.EXPLICIT,
+                    ack_wait=s.task_lease,
+                    max_deliver=-1,
+                    max_ack_pending=-1,
+                    deliver_policy=api.DeliverPolicy.ALL,
+                )
+                await self.js.add_consumer(n["task_queue"], config)
+        self._ready = True
+
+    async def _bucket(self, name: str) -> KeyValue:
+        try:
+            return await self.js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            pass
+        config = api.KeyValueConfig(
+            bucket=name,
+            history=1,
+            storage=api.StorageType.FILE,
+            replicas=self.settings.jetstream_replicas,
+            ttl=self.settings.task_retention if name == self.names["tasks"] else None,
+            direct=True,
+        )
+        try:
+            return await self.js.create_key_value(config)
+        except nats.js.errors.BadRequestError:
+            return await self.js.key_value(name)  # another process made it first
+
+    async def _stream(self, config: api.StreamConfig) -> None:
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self.js.stream_info(config.name)  # there with another config: use it
+
+    async def _tasks(self) -> KeyValue:
+        await self.ensure()
+        return self._kv["tasks"]
+
+    # Traces ----------------------------------------------------------------------------------
+    async def create_trace(
+        self,
+        workspace_id: str,
+        *,
+        agent_type: str | None = None,
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Trace:
+        """A new trace in `workspace_id`; its id is a fresh W3C trace id.
+
+        Raises:
+            InvalidId: a workspace id or agent type that is not an id.
+        """
+        validate_id(workspace_id, what="workspace id")
+        if agent_type is not None:
+            validate_id(agent_type, what="agent type")
+        trace = Trace(
+            trace_id=uuid.uuid4().hex,
+            workspace_id=workspace_id,
+            agent_type=agent_type,
+            name=name,
+            metadata=metadata or {},
+        )
+        await self.ensure()
+        with self._calling("storing a trace"):
+            await self._kv["traces"].create(trace.trace_id, encode(trace))
+            await self._kv["task_index"].put(f"ws.{workspace_id}.{trace.trace_id}", b"")
+        return trace
+
+    async def get_trace(self, trace_id: str) -> Trace | None:
+        try:
+            validate_trace_id(trace_id)
+        except NotFound:
+            return None
+        await self.ensure()
+        with self._calling("reading a trace"):
+            try:
+                entry = await self._kv["traces"].get(trace_id)
+            except nats.js.errors.KeyNotFoundError:
+                return None
+        return decode(entry.value or b"", Trace)
+
+    async def list_traces(self, workspace_id: str | None = None) -> list[Trace]:
+        """Traces, newest first; of one workspace if given."""
+        if workspace_id is not None:
+            validate_id(workspace_id, what="workspace id")
+            ids = [k.rpartition(".")[2] for k in await self._index(f"ws.{workspace_id}.*")]
+        else:
+            ids = [k.rpartition(".")[2] for k in await self._index("ws.*.*")]
+        traces = [t for t in [await self.get_trace(i) for i in ids] if t is not None]
+        return sorted(traces, key=lambda t: t.created_at, reverse=True)
+
+    async def workspaces(self) -> dict[str, int]:
+        """Each workspace with its number of traces."""
+        out: dict[str, int] = {}
+        for key in await self._index("ws.*.*"):
+            workspace = key.split(".")[1]
+            out[workspace] = out.get(workspace, 0) + 1
+        return dict(sorted(out.items()))
+
+    async def _index(self, pattern: str) -> list[str]:
+        """Keys of the index bucket matching `pattern` (KV wildcards)."""
+        await self.ensure()
+        keys: list[str] = []
+        with self._calling("reading the task index"):
+            watcher = await self._kv["task_index"].watch(
+                pattern, meta_only=True, ignore_deletes=True, inactive_threshold=30.0
+            )
+            try:
+                async for entry in watcher:
+                    if entry is None:  # the end of the current values
+                        break
+                    keys.append(entry.key)
+            finally:
+                with contextlib.suppress(*_UNREACHABLE):
+                    await watcher.stop()
+        return keys
+
+    # Tasks -----------------------------------------------------------------------------------
+    async def submit(self, spec: TaskSpec) -> TaskRef:
+        """Store a task and queue it; returns once JetStream has both.
+
+        Raises:
+            InvalidId: a bad agent id or type.
+            InvalidMessage: no target, two targets, a deadline in the past.
+            NotFound: an unknown trace.
+            PayloadTooLarge: the input does not fit a message.
+            Unavailable: JetStream cannot be reached (nothing was acknowledged).
+        """
+        now = time.time()
+        workspace = await self._check(spec, now)
+        await self.ensure()
+        task_id = f"task-{uuid.uuid4().hex}"
+        if spec.idempotency_key is not None:
+            claim = "idem." + hashlib.sha256(spec.idempotency_key.encode()).hexdigest()
+            with self._calling("submitting a task"):
+                try:
+                    await self._kv["task_index"].create(claim, task_id.encode())
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    entry = await self._kv["task_index"].get(claim)
+                    earlier = (entry.value or b"").decode()
+                    found = await self.get(earlier)
+                    if found is not None:
+                        if found.status is TaskStatus.PENDING:
+                            await self._enqueue(found)  # the first submit may have died here
+                        return TaskRef(task_id=earlier, status=found.status, created=False)
+                    task_id = earlier  # claimed, then the submitter died: finish its submit
+        record = TaskRecord(task_id=task_id, spec=spec, workspace_id=workspace, created_at=now)
+        data = encode(record)
+        if len(data) > self._max_record():
+            raise PayloadTooLarge(
+                f"the task is {len(data)} bytes; at most {self._max_record()} fit",
+                details={"size": len(data), "limit": self._max_record()},
+            )
+        with self._calling("submitting a task"):
+            try:
+                await self._kv["tasks"].create(task_id, data)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass  # a retried submit of a claimed id: the record is there already
+            if spec.trace_id is not None:
+                await self._kv["task_index"].put(f"trace.{spec.trace_id}.{task_id}", b"")
+        await self.append_event(
+            TaskEvent(task_id=task_id, kind=TaskEventKind.STATUS, status=TaskStatus.PENDING)
+        )
+        await self._enqueue(record)
+        return TaskRef(task_id=task_id, status=TaskStatus.PENDING)
+
+    async def _check(self, spec: TaskSpec, now: float) -> str | None:
+        """Validate the target and times; the trace's workspace."""
+        if spec.agent_id is not None:
+            validate_id(spec.agent_id, what="agent id")
+        if spec.agent_type is not None:
+            validate_id(spec.agent_type, what="agent type")
+        if spec.agent_id is not None and spec.agent_type is not None:
+            raise InvalidMessage(
+                "give agent_id or agent_type, not both", details={"field": "agent_id"}
+            )
+        workspace = None
+        if spec.trace_id is not None:
+            trace = await self.get_trace(spec.trace_id)
+            if trace is None:
+                raise NotFound(f"no trace {spec.trace_id!r}", details={"trace_id": spec.trace_id})
+            workspace = trace.workspace_id
+            if spec.agent_id is None and spec.agent_type is None:
+                spec.agent_type = trace.agent_type
+        if spec.agent_id is None and spec.agent_type is None:
+            raise InvalidMessage(
+                "a task needs a target: agent_id, agent_type, or a trace with an agent_type",
+                details={"field": "agent_id"},
+            )
+        if spec.deadline is not None and spec.deadline <= now:
+            raise InvalidMessage(
+                "the deadline is in the past", details={"field": "deadline", "now": now}
+            )
+        return workspace
+
+    def _max_record(self) -> int:
+        return min(self.settings.max_message_bytes, self.nc.max_payload or 1 << 20)
+
+    async def _enqueue(self, record: TaskRecord) -> None:
+        subject = self.subjects.task_queue(record.spec.priority.value)
+        with self._calling("queueing a task"):
+            await self.js.publish(
+                subject,
+                record.task_id.encode(),
+                stream=self.names["task_queue"],
+                headers={"Nats-Msg-Id": record.task_id},
+            )
+            await self.nc.publish(self.subjects.tasks_nudge(), b"")
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The task's record; None if there is no such task (or its id is malformed)."""
+        found = await self.load(task_id)
+        return None if found is None else found[0]
+
+    async def load(self, task_id: str) -> tuple[TaskRecord, int] | None:
+        """The record and its revision (for `update`)."""
+        if not isinstance(task_id, str) or not TASK_ID_RE.fullmatch(task_id):
+            return None
+        kv = await self._tasks()
+        with self._calling("reading a task"):
+            try:
+                entry = await kv.get(task_id)
+            except nats.js.errors.KeyNotFoundError:
+                return None
+        return decode(entry.value or b"", TaskRecord), entry.revision or 0
+
+    async def update(
+        self, task_id: str, change: Callable[[TaskRecord], TaskRecord | None]
+    ) -> TaskRecord | None:
+        """Apply `change` compare-and-set until it sticks; `change` returns the new record, or
+        None to leave it as it is. Returns the stored record (None: no such task)."""
+        kv = await self._tasks()
+        for _ in range(MAX_CAS_RETRIES):
+            found = await self.load(task_id)
+            if found is None:
+                return None
+            record, revision = found
+            new = change(record.model_copy(deep=True))
+            if new is None:
+                return record
+            new.updated_at = time.time()
+            with self._calling("updating a task"):
+                try:
+                    await kv.update(task_id, encode(new), last=revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue  # someone else changed it: read again and re-apply
+            return new
+        raise Unavailable(f"task {task_id} is changing too often to update; retry")
+
+    async def list(
+        self,
+        *,
+        trace_id: str | None = None,
+        agent_id: str | None = None,
+        agent_type: str | None = None,
+        status: TaskStatus | None = None,
+        workspace_id: str | None = None,
+        limit: int = 100,
+    ) -> list[TaskRecord]:
+        """Tasks, newest first, filtered. Without a trace this reads every task record."""
+        if trace_id is not None:
+            if not TRACE_ID_RE.fullmatch(trace_id):
+                return []
+            ids = [k.rpartition(".")[2] for k in await self._index(f"trace.{trace_id}.*")]
+        else:
+            kv = await self._tasks()
+            with self._calling("listing tasks"):
+                try:
+                    ids = await kv.keys()
+                except nats.js.errors.NoKeysError:
+                    ids = []
+        out = []
+        for task_id in ids:
+            record = await self.get(task_id)
+            if record is None:
+                continue
+            spec = record.spec
+            if (
+                (agent_id is not None and spec.agent_id != agent_id)
+                or (agent_type is not None and spec.agent_type != agent_type)
+                or (status is not None and record.status is not status)
+                or (workspace_id is not None and record.workspace_id != workspace_id)
+            ):
+                continue
+            out.append(record)
+        out.sort(key=lambda r: r.created_at, reverse=True)
+        return out[:limit]
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a task: a pending one never runs; a running one's call is cancelled at its
+        instance by the executor running it, which then records `canceled`.
+
+        Raises:
+            NotFound: no such task.
+            Conflict: the task has finished already.
+        """
+        validate_task_id(task_id)
+        was: list[TaskStatus] = []
+
+        def change(record: TaskRecord) -> TaskRecord | None:
+            was[:] = [record.status]
+            if record.status.terminal:
+                raise Conflict(
+                    f"task {task_id} is {record.status.value} already",
+                    details={"task_id": task_id, "status": record.status.value},
+                )
+            if record.status is TaskStatus.RUNNING:
+                record.cancel_requested = True
+                return record
+            record.status = TaskStatus.CANCELED
+            record.finished_at = time.time()
+            return record
+
+        record = await self.update(task_id, change)
+        if record is None:
+            raise NotFound(f"no task {task_id!r}", details={"task_id": task_id})
+        if record.status is TaskStatus.CANCELED:
+            await self.append_event(
+                TaskEvent(task_id=task_id, kind=TaskEventKind.STATUS, status=record.status)
+            )
+        else:
+            with self._calling("cancelling a task"):
+                await self.nc.publish(self.subjects.task_cancel(task_id), b"")
+        return record
+
+    # Events ----------------------------------------------------------------------------------
+    async def append_event(self, event: TaskEvent) -> int:
+        """Append to the task's event log; its sequence once JetStream has it."""
+        await self.ensure()
+        with self._calling("writing a task event"):
+            ack = await self.js.publish(
+                self.subjects.task_events(event.task_id),
+                encode(event),
+                stream=self.names["task_events"],
+            )
+        return ack.seq
+
+    async def events(
+        self, task_id: str, *, after: int = 0, follow: bool = False
+    ) -> AsyncIterator[TaskEvent]:
+        """The task's events with a sequence above `after`, in order. `follow`: keep going as
+        new ones come, until the task's final status event.
+
+        Raises:
+            NotFound: no such task.
+        """
+        validate_task_id(task_id)
+        if await self.get(task_id) is None:
+            raise NotFound(f"no task {task_id!r}", details={"task_id": task_id})
+        subject = self.subjects.task_events(task_id)
+        stream = self.names["task_events"]
+        with self._calling("reading task events"):
+            try:
+                last = (await self.js.get_last_msg(stream, subject)).seq or 0
+            except nats.js.errors.NotFoundError:
+                last = 0
+        if last <= after and not follow:
+            return
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=after + 1,
+        )
+        with self._calling("reading task events"):
+            sub = await self.js.subscribe(
+                subject, stream=stream, ordered_consumer=True, config=config
+            )
+        try:
+            while True:
+                with self._calling("reading task events"):
+                    msg = await sub.next_msg(timeout=None)
+                event = decode(msg.data, TaskEvent)
+                event.seq = msg.metadata.sequence.stream
+                yield event
+                final = (
+                    event.kind is TaskEventKind.STATUS and event.status and event.status.terminal
+                )
+                if final or (not follow and event.seq >= last):
+                    return
+        finally:
+            with contextlib.suppress(*_UNREACHABLE):
+                await sub.unsubscribe()
+
+    async def wait(self, task_id: str, *, timeout: float | None = None) -> TaskRecord:
+        """The record once the task has finished (or as it is at `timeout`). Rides out a NATS
+        reconnect: the events are followed again from the last one seen.
+
+        Raises:
+            NotFound: no such task.
+            Unavailable: JetStream could not be reached at `timeout`, so nothing is known.
+        """
+        after = 0
+        record: TaskRecord | None = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        record = await self.get(task_id)
+                        if record is None:
+                            raise NotFound(f"no task {task_id!r}", details={"task_id": task_id})
+                        if record.status.terminal:
+                            return record
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(WAIT_RECHECK):
+                                async for event in self.events(task_id, after=after, follow=True):
+                                    after = event.seq or after
+                    except Unavailable:
+                        await asyncio.sleep(WAIT_RETRY)  # reconnecting: look again shortly
+        if record is None:
+            raise Unavailable(f"NATS JetStream is unreachable (waiting for {task_id})")
+        return await self.get(task_id) or record
