@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from starlette.routing import Route
 
 from agentmesh.broker.durable import DurableState
+from agentmesh.broker.tasks import TaskStore
 from agentmesh.broker.lifecycle import MeshService
 from agentmesh.broker.ratelimit import RateLimiter
 from agentmesh.broker.registry import Registry
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             registry=Registry(redis, bus.subjects, timeout=settings.heartbeat_timeout),
             limiter=RateLimiter(redis, prefix=settings.prefix),
             tools=ToolDirectory(bus, redis),
+            tasks=TaskStore(bus.nc, settings),
         )
         if not config.auth:
             logger.warning(

@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 
 from agentmesh.broker.bus import Bus
 from agentmesh.broker.durable import DurableState
+from agentmesh.broker.tasks import TaskStore
 from agentmesh.broker.ratelimit import RateLimiter
 from agentmesh.broker.registry import Registry
 from agentmesh.broker.settings import Settings
@@ -96,6 +97,7 @@ class GatewayState:
     registry: Registry
     limiter: RateLimiter
     tools: ToolDirectory
+    tasks: TaskStore  # durable tasks and traces (created on first use)
     started_at: float = field(default_factory=time.time)
 
 
