@@ -57,7 +57,8 @@ from agentmesh.schemas.task import (
 logger = logging.getLogger(__name__)
 
 IDLE_POLL = 1.0  # seconds between looks at the queue when no nudge comes (delayed tasks)
-OFFLINE_RECHECK = 0.5  # seconds before a task nobody could take is looked at again
+OFFLINE_RECHECK = 0.5  # seconds before a task nobody could take is looked at again, doubling
+OFFLINE_RECHECK_MAX = 4.0  # ... up to this, so a long-offline agent's backlog costs little
 MAX_DELAY = 60.0  # a task due later is redelivered at most this far apart
 MAX_ATTEMPT_SECONDS = 86400.0  # a call with no deadline still ends some day
 RETRIABLE = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT})
@@ -196,8 +197,12 @@ class Executor(MeshService):
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slots.release()
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("a task attempt failed in the executor", exc_info=task.exception())
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        if isinstance(exc, Unavailable):  # JetStream away: the task is redelivered later
+            logger.warning("a task was left for later: %s", exc)
+        else:
+            logger.error("a task attempt failed in the executor", exc_info=exc)
 
     async def _next(self) -> Msg | None:
         """The next queued task, highest priority first; None if every queue is empty now.
@@ -257,7 +262,7 @@ class Executor(MeshService):
             return
         agent_id = spec.agent_id or await self._pick(spec.agent_type or "")
         if agent_id is None:
-            await msg.nak(delay=OFFLINE_RECHECK)  # no agent of that type online: wait
+            await msg.nak(delay=_recheck(msg))  # no agent of that type online: wait
             return
         if record.attempt >= spec.max_attempts:
             error = record.error or ErrorInfo(
@@ -326,7 +331,7 @@ class Executor(MeshService):
             if not running.acked.is_set():
                 outcome = await _outcome(running.call)
                 if isinstance(outcome, NoResponders):
-                    await msg.nak(delay=OFFLINE_RECHECK)  # nobody serves it now: still pending
+                    await msg.nak(delay=_recheck(msg))  # nobody serves it now: still pending
                     return
                 if isinstance(outcome, Cancelled) and running.cancel_requested:
                     await self._finish(record, TaskStatus.CANCELED, None, None)
@@ -340,8 +345,15 @@ class Executor(MeshService):
             await self._relay(task_id, number, chunks)
             outcome = await _outcome(running.call)
             await self._settle(msg, started, number, outcome, running)
+        except asyncio.CancelledError:
+            # This executor is stopping: hand the task back now rather than at the lease's end.
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await msg.nak()
+            raise
         finally:
             lease.cancel()
+            if running.call is not None and not running.call.done():
+                running.call.cancel()  # an error of ours mid-call: no orphaned call
             self._running.pop(task_id, None)
             self.completed += 1
 
@@ -588,3 +600,13 @@ def _error_of(outcome: object) -> ErrorInfo:
     if isinstance(outcome, BaseException):
         return Unavailable(f"{type(outcome).__name__}: {outcome}").to_info()
     return Unavailable("the call ended without a reply").to_info()
+
+
+def _recheck(msg: Msg) -> float:
+    """How long a task nobody could take waits before it is looked at again: 0.5 s, doubling
+    with each look, at most 4 s."""
+    try:
+        looks = max(1, msg.metadata.num_delivered or 1)
+    except (ValueError, AttributeError):
+        looks = 1
+    return min(OFFLINE_RECHECK * 2 ** min(looks - 1, 8), OFFLINE_RECHECK_MAX)
