@@ -79,7 +79,13 @@ async def test_a_task_by_agent_type_goes_to_an_agent_of_that_type(
     mesh: MeshClient, start_agent: StartAgent, start_executor: StartExecutor
 ) -> None:
     agent = Agent("pa-1", agent_type="personal_assistant")
-    agent.handler(lambda msg, ctx: f"{ctx.agent_id}: {msg.text}")
+    contexts: list[Context] = []
+
+    @agent.handler
+    async def handle(msg: Message, ctx: Context) -> str:
+        contexts.append(ctx)
+        return f"{ctx.agent_id}: {msg.text}"
+
     await start_agent(agent)
     await start_executor()
     trace = await mesh.traces.create("user_001", agent_type="personal_assistant")
@@ -89,6 +95,10 @@ async def test_a_task_by_agent_type_goes_to_an_agent_of_that_type(
     assert record.workspace_id == "user_001" and record.spec.agent_type == "personal_assistant"
     assert [t.task_id for t in await mesh.traces.tasks(trace.trace_id)] == [ref.task_id]
     assert await mesh.traces.workspaces() == {"user_001": 1}
+    # The trace id is the W3C trace id of the call: the agent's spans join the trace.
+    [ctx] = contexts
+    assert ctx.task is not None and ctx.task.trace_id == trace.trace_id
+    assert ctx.request.headers["traceparent"].split("-")[1] == trace.trace_id
 
 
 async def test_a_handler_failure_fails_the_task_without_retry_unless_asked(
