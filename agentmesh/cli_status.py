@@ -11,9 +11,16 @@ import typer
 from agentmesh import cli_support as support
 from agentmesh.schemas.service import InvalidRecord, ServiceKind, ServiceRecord, summarize
 
-_ORDER = [ServiceKind.GATEWAY, ServiceKind.LLM_WORKER, ServiceKind.MCP_WORKER, ServiceKind.AGENT]
+_ORDER = [
+    ServiceKind.GATEWAY,
+    ServiceKind.EXECUTOR,
+    ServiceKind.LLM_WORKER,
+    ServiceKind.MCP_WORKER,
+    ServiceKind.AGENT,
+]
 _WHAT = {
     ServiceKind.GATEWAY: "",
+    ServiceKind.EXECUTOR: "",
     ServiceKind.LLM_WORKER: "models",
     ServiceKind.MCP_WORKER: "servers",
     ServiceKind.AGENT: "agents",
@@ -85,13 +92,12 @@ def _age(ts: float) -> str:
 def _serves(record: ServiceRecord) -> str:
     if record.kind == ServiceKind.GATEWAY:
         return str(record.detail.get("listen") or "")
-    names = sorted(n for v in record.serves.model_dump().values() if isinstance(v, list) for n in v)
-    return ", ".join(str(n) for n in names)
+    return ", ".join(sorted(record.serves.names()))
 
 
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Show the whole mesh: NATS, Redis, gateways, LLM workers and their models, MCP workers
-    and their servers, agents and their instances. Exits 1 if NATS or Redis is down."""
+    """Show the whole mesh: NATS, Redis, gateways, executors, LLM workers and their models, MCP
+    workers and their servers, agents and their instances. Exits 1 if NATS or Redis is down."""
     settings = support.settings()
     result = support.run(lambda: _probe(settings))
     records: list[ServiceRecord | InvalidRecord] = result.pop("instances", [])

@@ -34,6 +34,18 @@ class Serves(BaseModel):
     models: list[str] = Field(default_factory=list)  # model aliases
     tools: list[str] = Field(default_factory=list)  # MCP server names (with at least one tool up)
 
+    def names(self) -> list[str]:
+        """The names served (agent ids, model aliases, tool servers, a later kind's own), not
+        the fields that only index them (`agent_types`)."""
+        out: list[str] = []
+        for field, value in self.model_dump().items():
+            if field not in _INDEX_ONLY and isinstance(value, list):
+                out.extend(v for v in value if isinstance(v, str))
+        return out
+
+
+_INDEX_ONLY = frozenset({"agent_types"})  # Serves fields that index, not name
+
 
 class Load(BaseModel):
     in_flight: int = 0  # calls running in the instance now
@@ -101,10 +113,7 @@ def summarize(records: list[ServiceRecord | InvalidRecord]) -> dict[str, KindSum
         if isinstance(record, ServiceRecord):
             summary.in_flight += record.load.in_flight
             summary.served += record.load.served
-            served = names.setdefault(record.kind, set())
-            for value in record.serves.model_dump().values():
-                if isinstance(value, list):
-                    served.update(v for v in value if isinstance(v, str))
+            names.setdefault(record.kind, set()).update(record.serves.names())
     for kind, served in names.items():
         out[kind].serves = sorted(served)
     return dict(sorted(out.items()))
