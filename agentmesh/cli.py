@@ -15,6 +15,7 @@ import typer
 from agentmesh import cli_status, cli_support
 from agentmesh.cli_config import config_app
 from agentmesh.cli_keys import keys_app
+from agentmesh.cli_tasks import tasks_app, traces_app
 from agentmesh.cli_tools import tools_app
 from agentmesh.cli_webhooks import webhooks_app
 from agentmesh.cli_worker import worker_app
@@ -32,6 +33,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(worker_app, name="worker")
 app.add_typer(tools_app, name="tools")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(traces_app, name="traces")
 app.add_typer(config_app, name="config")
 app.command()(cli_status.status)
 app.command()(cli_status.ps)

@@ -13,7 +13,6 @@ never a false "not found": a missing bucket is an empty one, an unreachable one 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -266,28 +265,26 @@ class Bucket:
         return True
 
     async def scan(self, prefix: str) -> dict[str, dict[str, Any]]:
-        """Every record under `<prefix>.`, by the rest of its key."""
+        """Every record under `<prefix>.`, by the rest of its key.
+
+        The keys come from the stream's per-subject state, not a KV watch: nats-py's watcher
+        can say "no more values" before it delivered them all under load (nats-io/nats.py#842).
+        A deleted key's subject holds its delete marker: its `get` is None, and it is skipped.
+        """
         kv = await self.open(create=False)
         if kv is None:
             return {}
-        out: dict[str, dict[str, Any]] = {}
+        root = f"$KV.{self.name}."
         with self.durable.calling(f"reading {self.name}"):
-            watcher = await kv.watch(
-                f"{prefix}.>",
-                ignore_deletes=True,
-                inactive_threshold=max(10.0, self.durable.timeout),
+            info = await self.durable.js.stream_info(
+                f"KV_{self.name}", subjects_filter=f"{root}{prefix}.>"
             )
-            try:
-                async with asyncio.timeout(self.durable.timeout):
-                    async for entry in watcher:
-                        if entry is None:  # the end of the current values
-                            break
-                        record = _decode(self.name, entry.key, entry.value)
-                        if record is not None:
-                            out[entry.key[len(prefix) + 1 :]] = record
-            finally:
-                with contextlib.suppress(*_UNREACHABLE):
-                    await watcher.stop()
+        out: dict[str, dict[str, Any]] = {}
+        for subject in sorted(info.state.subjects or {}):
+            key = subject[len(root) :]
+            record = await self.get(key)
+            if record is not None:
+                out[key[len(prefix) + 1 :]] = record
         return out
 
     async def _exists(self) -> bool:

@@ -255,21 +255,21 @@ class TaskStore:
 
     async def _index(self, pattern: str) -> list[str]:
         """Keys of the index bucket matching `pattern` (KV wildcards)."""
+        return await self._keys("task_index", pattern)
+
+    async def _keys(self, role: str, pattern: str) -> list[str]:
+        """Keys of one of the buckets matching `pattern`, from the stream's per-subject state.
+
+        Not a KV watch: nats-py's watcher can signal "no more values" before it delivered them
+        all under load (nats-io/nats.py#842), which made listings come back short. These
+        buckets never delete a key (entries only expire), so every subject is a live key.
+        """
         await self.ensure()
-        keys: list[str] = []
-        with self._calling("reading the task index"):
-            watcher = await self._kv["task_index"].watch(
-                pattern, meta_only=True, ignore_deletes=True, inactive_threshold=30.0
-            )
-            try:
-                async for entry in watcher:
-                    if entry is None:  # the end of the current values
-                        break
-                    keys.append(entry.key)
-            finally:
-                with contextlib.suppress(*_UNREACHABLE):
-                    await watcher.stop()
-        return keys
+        bucket = self.names[role]
+        root = f"$KV.{bucket}."
+        with self._calling(f"listing {bucket}"):
+            info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=root + pattern)
+        return [subject[len(root) :] for subject in info.state.subjects or {}]
 
     # Tasks -----------------------------------------------------------------------------------
     async def submit(self, spec: TaskSpec) -> TaskRef:
@@ -419,12 +419,7 @@ class TaskStore:
                 return []
             ids = [k.rpartition(".")[2] for k in await self._index(f"trace.{trace_id}.*")]
         else:
-            kv = await self._tasks()
-            with self._calling("listing tasks"):
-                try:
-                    ids = await kv.keys()
-                except nats.js.errors.NoKeysError:
-                    ids = []
+            ids = await self._keys("tasks", ">")
         out = []
         for task_id in ids:
             record = await self.get(task_id)
@@ -505,13 +500,16 @@ class TaskStore:
             raise NotFound(f"no task {task_id!r}", details={"task_id": task_id})
         subject = self.subjects.task_events(task_id)
         stream = self.names["task_events"]
+        ended = False  # the last event is the final status: nothing more will come
         with self._calling("reading task events"):
             try:
-                last = (await self.js.get_last_msg(stream, subject)).seq or 0
+                newest = await self.js.get_last_msg(stream, subject)
+                last = newest.seq or 0
+                ended = _is_final(decode(newest.data or b"", TaskEvent))
             except nats.js.errors.NotFoundError:
                 last = 0
-        if last <= after and not follow:
-            return
+        if last <= after and (ended or not follow):
+            return  # a watcher that saw the end already (an SSE resume) is not held forever
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=after + 1,
@@ -527,10 +525,7 @@ class TaskStore:
                 event = decode(msg.data, TaskEvent)
                 event.seq = msg.metadata.sequence.stream
                 yield event
-                final = (
-                    event.kind is TaskEventKind.STATUS and event.status and event.status.terminal
-                )
-                if final or (not follow and event.seq >= last):
+                if _is_final(event) or (not follow and event.seq >= last):
                     return
         finally:
             with contextlib.suppress(*_UNREACHABLE):
@@ -564,3 +559,7 @@ class TaskStore:
         if record is None:
             raise Unavailable(f"NATS JetStream is unreachable (waiting for {task_id})")
         return await self.get(task_id) or record
+
+
+def _is_final(event: TaskEvent) -> bool:
+    return event.kind is TaskEventKind.STATUS and event.status is not None and event.status.terminal
