@@ -8,6 +8,7 @@ from agentmesh.agents.client import MeshClient
 from agentmesh.agents.context import Context
 from agentmesh.broker.settings import Settings
 from agentmesh.gateway.client import GatewayClient
+from agentmesh.gateway.management_client import ManagementClient
 from agentmesh.schemas.agent import AgentCard, Presence
 from agentmesh.schemas.envelope import Chunk, DataPart, FilePart, ImagePart, Message, TextPart
 from agentmesh.schemas.errors import (
@@ -53,6 +54,7 @@ __all__ = [
     "ImagePart",
     "InvalidId",
     "InvalidMessage",
+    "ManagementClient",
     "MeshClient",
     "MeshError",
     "MeshTimeout",

@@ -174,7 +174,9 @@ class TaskStore:
             history=1,
             storage=api.StorageType.FILE,
             replicas=self.settings.jetstream_replicas,
-            ttl=self.settings.task_retention if name == self.names["tasks"] else None,
+            # Everything of a task expires: its record, a trace and its index entries (the
+            # idempotency claims of webhook deliveries too), the retention after their last write.
+            ttl=self.settings.task_retention,
             direct=True,
         )
         try:

@@ -26,6 +26,7 @@ from agentmesh.schemas.codec import decode
 from agentmesh.schemas.envelope import Message, iso_utc, new_id
 from agentmesh.schemas.errors import ErrorCode
 from agentmesh.schemas.service import summarize
+from agentmesh.schemas.task import TaskSpec
 from agentmesh.schemas.version import __version__
 
 router = APIRouter()
@@ -70,7 +71,7 @@ async def get_agent(
     "/gateway/send",
     response_model=SendResponse,
     response_model_exclude_none=True,
-    responses=responses(*AUTH_STATUSES, *BODY_STATUSES, 404, 502, 504),
+    responses=responses(*AUTH_STATUSES, *BODY_STATUSES, 404, 502, 503, 504),
     tags=["messages"],
 )
 async def send_message(
@@ -78,7 +79,10 @@ async def send_message(
     state: GatewayState = Depends(get_state),
     principal: Principal = Depends(require(Scope.SEND)),
 ) -> SendResponse:
-    """Send a message to an agent. With `wait`, return its result too.
+    """Send a message to an agent. Without `wait` it becomes a durable task: the answer (with
+    `task_id`) comes once the task is stored, also for an agent that is offline now, and an
+    executor delivers it (retrying if an instance dies). With `wait`, a direct call: the answer
+    carries the agent's result.
 
     With auth on, `from_agent_id` must match the key's agent patterns, and the message's
     `metadata.sender_key` is set to the key's id (whatever the body said)."""
@@ -94,6 +98,18 @@ async def send_message(
         content=body.content,
         metadata=stamp_sender(body.metadata, principal),
     )
+    if not body.wait:
+        # "delivered" is the seed's word; here it means stored: the executor delivers it.
+        spec = TaskSpec(
+            agent_id=body.to_agent_id, input=message, metadata=stamp_sender({}, principal)
+        )
+        ref = await state.tasks.submit(spec)
+        return SendResponse(
+            message_id=message.message_id,
+            status="delivered",
+            timestamp=iso_utc(time.time()),
+            task_id=ref.task_id,
+        )
     data = encode_request(
         message,
         sender=body.from_agent_id,
@@ -102,18 +118,12 @@ async def send_message(
         metadata=None,
     )
     with calling_agent(body.to_agent_id):
-        if body.wait:
-            frame = await state.bus.request(subject, data, timeout=body.timeout)
-            reply = decode(frame.data, Message)
-            return SendResponse(
-                message_id=message.message_id,
-                status="completed",
-                timestamp=iso_utc(time.time()),
-                result=ResultBody.of(reply),
-            )
-        await state.bus.deliver(subject, data, timeout=body.timeout)
+        frame = await state.bus.request(subject, data, timeout=body.timeout)
     return SendResponse(
-        message_id=message.message_id, status="delivered", timestamp=iso_utc(time.time())
+        message_id=message.message_id,
+        status="completed",
+        timestamp=iso_utc(time.time()),
+        result=ResultBody.of(decode(frame.data, Message)),
     )
 
 

@@ -6,6 +6,7 @@ through JetStream and hot state through Redis, so a replica holds only its conne
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,12 +18,12 @@ from redis.exceptions import RedisError
 from starlette.routing import Route
 
 from agentmesh.broker.durable import DurableState
-from agentmesh.broker.tasks import TaskStore
 from agentmesh.broker.lifecycle import MeshService
 from agentmesh.broker.ratelimit import RateLimiter
 from agentmesh.broker.registry import Registry
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects
+from agentmesh.broker.tasks import TaskStore
 from agentmesh.gateway import (
     agents_api,
     anthropic_api,
@@ -31,6 +32,7 @@ from agentmesh.gateway import (
     migration,
     openai_api,
     openapi,
+    tasks_api,
     tools_api,
     webhooks,
     websocket,
@@ -133,6 +135,9 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         lifespan=lifespan,
     )
     mcp = FederatedMCP()
+    # Set when the server begins to stop (AsgiServer.shutdown): task waits and event streams
+    # end then, as uvicorn waits for every open response before it stops.
+    app.state.draining = asyncio.Event()
     errors.install(app)
     app.include_router(agents_api.router)
     app.include_router(openai_api.router)
@@ -141,6 +146,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.include_router(webhooks.router)
     app.include_router(websocket.router)
     app.include_router(tools_api.router)
+    app.include_router(tasks_api.router)
     # A route, not a mount: a mount answers "/mcp" with a redirect to "/mcp/".
     app.router.routes.append(Route("/mcp", endpoint=mcp))
     openapi.install(app)

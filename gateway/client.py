@@ -162,7 +162,8 @@ class GatewayClient:
         `timeout` is the gateway's deadline for the answer (None: the gateway's default).
 
         Returns the `result` frame (`result`, `content`, `from_agent_id`, ...), or with
-        `wait=False` the `sent` frame once an instance of the target took the message.
+        `wait=False` the `sent` frame (with `task_id`) once the message is stored as a durable
+        task, which an executor delivers (also to an agent that comes online later).
 
         Raises:
             AgentNotFound, InvalidMessage, InvalidId, MeshTimeout, RateLimited, Unauthorized,

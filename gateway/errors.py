@@ -113,7 +113,11 @@ _DESCRIPTIONS: dict[int, tuple[str, dict[str, Any]]] = {
     401: ("UNAUTHORIZED: no credentials, or wrong ones (API key, admin token, signature).", {}),
     403: ("UNAUTHORIZED: the key lacks the scope or permission.", {}),
     404: ("Not found: AGENT_NOT_FOUND, MODEL_NOT_FOUND, TOOL_NOT_FOUND or NOT_FOUND.", {}),
-    409: ("REPLAYED: a signature seen before with another delivery id.", {}),
+    409: (
+        "CONFLICT: the resource's state forbids it (cancel a finished task); or REPLAYED: "
+        "a webhook signature seen before with another delivery id.",
+        {},
+    ),
     413: ("PAYLOAD_TOO_LARGE: the body exceeds the gateway's limit.", {}),
     422: ("INVALID_MESSAGE (the request does not match its schema) or TOOL_ERROR.", {}),
     429: ("RATE_LIMIT: the key's request or token budget is spent.", _RETRY_AFTER),
@@ -172,11 +176,15 @@ _ANTHROPIC_TYPES = {
 }
 
 
+# The mesh's own routes under /v1/ (the others there are OpenAI's).
+_MESH_V1 = ("/v1/tools", "/v1/tasks", "/v1/traces", "/v1/workspaces")
+
+
 def api_of(path: str) -> str:
     """Which API's error format a path speaks: "mesh", "openai" or "anthropic"."""
     if path.startswith("/v1/messages"):
         return "anthropic"
-    if path.startswith("/v1/") and not path.startswith("/v1/tools"):
+    if path.startswith("/v1/") and not path.startswith(_MESH_V1):
         return "openai"
     return "mesh"
 

@@ -295,13 +295,14 @@ def result(reply: Message, *, message_id: str) -> dict[str, Any]:
     }
 
 
-def sent(message_id: str, timestamp: float) -> dict[str, Any]:
-    """A `send` with `wait: false` reached an instance of the target."""
+def sent(message_id: str, timestamp: float, *, task_id: str) -> dict[str, Any]:
+    """A `send` with `wait: false` is stored as task `task_id`, which an executor delivers."""
     return {
         "type": "sent",
         "message_id": message_id,
         "status": "delivered",
         "timestamp": iso_utc(timestamp),
+        "task_id": task_id,
     }
 
 

@@ -63,8 +63,15 @@ class SendRequest(BaseModel):
     conversation_id: str | None = None
     content: list[Part] = Field(min_length=1)
     metadata: dict[str, Any] = Field(default_factory=dict)
-    wait: bool = Field(False, description="Wait for the agent's result and return it.")
-    timeout: float | None = Field(None, gt=0, le=3600, description="Seconds to wait (default 30).")
+    wait: bool = Field(
+        False,
+        strict=True,  # `0` or `"no"` is not a boolean: refused, not taken for "store a task"
+        description="Call the agent directly and return its result. Without it the message "
+        "becomes a durable task, answered once stored.",
+    )
+    timeout: float | None = Field(
+        None, gt=0, le=3600, description="Seconds to wait, with `wait` (default 30)."
+    )
 
 
 class ResultBody(BaseModel):
@@ -92,9 +99,15 @@ class ResultBody(BaseModel):
 
 class SendResponse(BaseModel):
     message_id: str
-    status: str = Field(description='"delivered", or "completed" when waited for')
+    status: str = Field(
+        description='"delivered": stored as a durable task (`task_id`) that an executor delivers; '
+        '"completed" when waited for'
+    )
     timestamp: str
     result: ResultBody | None = None
+    task_id: str | None = Field(
+        None, description="Without `wait`: the task that delivers the message (/v1/tasks)."
+    )
 
 
 class StatusResponse(BaseModel):

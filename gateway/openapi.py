@@ -61,9 +61,14 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
 
     The model's schema is inlined: its `$defs` would not resolve inside the document.
     """
-    schema = model.model_json_schema()
-    schema = _inline(schema, schema.pop("$defs", {}))
+    schema = inline_schema(model)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON Schema with its `$defs` inlined, to place anywhere in the document."""
+    schema = model.model_json_schema()
+    return _inline(schema, schema.pop("$defs", {}))
 
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:

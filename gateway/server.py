@@ -40,6 +40,13 @@ class AsgiServer(uvicorn.Server):
         if self.started:
             self._ready.set()
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn waits for every open response: long ones (task waits, event streams) end now.
+        draining = getattr(getattr(self.config.app, "state", None), "draining", None)
+        if isinstance(draining, asyncio.Event):
+            draining.set()
+        await super().shutdown(sockets=sockets)
+
     async def start(self) -> asyncio.Task[None]:
         """Serve in a task; return it once listening, or raise why start-up failed."""
         self._task = asyncio.get_running_loop().create_task(self.serve())

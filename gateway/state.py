@@ -12,10 +12,10 @@ from starlette.requests import HTTPConnection
 
 from agentmesh.broker.bus import Bus
 from agentmesh.broker.durable import DurableState
-from agentmesh.broker.tasks import TaskStore
 from agentmesh.broker.ratelimit import RateLimiter
 from agentmesh.broker.registry import Registry
 from agentmesh.broker.settings import Settings
+from agentmesh.broker.tasks import TaskStore
 from agentmesh.gateway.cors import CORSPolicy
 
 if TYPE_CHECKING:

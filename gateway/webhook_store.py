@@ -1,8 +1,7 @@
-"""Webhook definitions (JetStream KV) and delivery de-duplication (Redis), shared by every
-gateway replica.
+"""Webhook definitions (JetStream KV) and replay records (Redis), shared by every gateway
+replica. De-duplication of deliveries is the task store's idempotency key (`gateway.webhooks`).
 
 KV `agentmesh_webhooks`, `<p>.<name>`   JSON name, agent_id, secret, created_at, tolerance_seconds
-<p>:webhook-delivery:<name>:<delivery>   STRING "pending <token>" while delivering, then "done"
 <p>:webhook-signature:<name>:<hex>       STRING the delivery id that signature came with
 
 The Redis keys live at most 2x the tolerance: a Redis loss forgets them, which reopens a replay
@@ -12,14 +11,11 @@ window of at most the tolerance for requests captured just before it (their time
 from __future__ import annotations
 
 import logging
-import math
 import re
 import secrets
 import time
-import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -42,17 +38,12 @@ MAX_NAME_LEN = 128 - len(SENDER_PREFIX)
 # Any visible ASCII: ids from other systems (UUIDs, "msg_2Kx...", "evt:123") fit unchanged.
 _DELIVERY_RE = re.compile(r"[\x21-\x7e]{1,128}")
 
-# Claim a delivery id (or bind a signature to one): set ARGV[1] if absent, else return the old.
-_CLAIM = """
+# Bind a signature to a delivery id: set ARGV[1] if absent, else return the old value.
+_BIND = """
 local old = redis.call('GET', KEYS[1])
 if old then return old end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
-"""
-# Release only our own pending claim (it may have expired and been taken by another replica).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 """
 
 
@@ -91,28 +82,18 @@ class Webhook:
         return SENDER_PREFIX + self.name
 
 
-class Claim(StrEnum):
-    NEW = "new"  # ours to deliver
-    PENDING = "pending"  # another request with this delivery id is delivering it now
-    DONE = "done"  # delivered before: a duplicate
-
-
 class WebhookStore:
-    """Webhook definitions and delivery claims. JetStream and Redis failures raise
+    """Webhook definitions and signature records. JetStream and Redis failures raise
     `Unavailable`."""
 
     def __init__(self, durable: DurableState, redis: aioredis.Redis, subjects: Subjects) -> None:
         self._bucket = durable.bucket(WEBHOOKS_BUCKET)
         self.redis = redis
         self.subjects = subjects
-        self._claim = redis.register_script(_CLAIM)
-        self._release = redis.register_script(_RELEASE)
+        self._bind = redis.register_script(_BIND)
 
     def _key(self, name: str) -> str:
         return self.subjects.record(name, what="webhook name")
-
-    def _delivery_key(self, name: str, delivery_id: str) -> str:
-        return self.subjects.key("webhook-delivery", name, delivery_id)
 
     def _signature_key(self, name: str, mac: str) -> str:
         return self.subjects.key("webhook-signature", name, mac)
@@ -176,7 +157,7 @@ class WebhookStore:
         Kept for 2x the tolerance, after which the signature's timestamp fails anyway.
         """
         old = await _redis(
-            self._claim(
+            self._bind(
                 keys=[self._signature_key(hook.name, mac)],
                 args=[delivery_id, 2 * hook.tolerance_seconds],
             )
@@ -184,31 +165,6 @@ class WebhookStore:
         if old is None or old.decode() == delivery_id:
             return None
         return old.decode()
-
-    async def claim(self, hook: Webhook, delivery_id: str, *, ttl: float) -> tuple[Claim, str]:
-        """Claim `delivery_id` for `ttl` seconds; returns the claim and its release token."""
-        token = f"pending {uuid.uuid4().hex}"
-        old = await _redis(
-            self._claim(
-                keys=[self._delivery_key(hook.name, delivery_id)],
-                args=[token, max(1, math.ceil(ttl))],
-            )
-        )
-        if old is None:
-            return Claim.NEW, token
-        return (Claim.PENDING if old.startswith(b"pending") else Claim.DONE), token
-
-    async def complete(self, hook: Webhook, delivery_id: str) -> None:
-        """Mark delivered. Kept for 2x the tolerance: older copies fail the timestamp check."""
-        await _redis(
-            self.redis.set(
-                self._delivery_key(hook.name, delivery_id), "done", ex=2 * hook.tolerance_seconds
-            )
-        )
-
-    async def release(self, hook: Webhook, delivery_id: str, token: str) -> None:
-        """Forget a claim whose delivery failed, so the sender's retry is not a duplicate."""
-        await _redis(self._release(keys=[self._delivery_key(hook.name, delivery_id)], args=[token]))
 
 
 def _document(hook: Webhook) -> dict[str, Any]:

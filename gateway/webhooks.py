@@ -2,7 +2,9 @@
 
 The HMAC signature is the caller's credential, so these calls need no API key. A signature
 passes once: it is tied in Redis to the delivery id it came with, so a captured request replayed
-with another `X-Mesh-Delivery` is refused (v2 signatures also cover the id itself).
+with another `X-Mesh-Delivery` is refused (v2 signatures also cover the id itself). An accepted
+delivery becomes a durable task whose idempotency key is `hook:<name>:<delivery id>`, so a
+retry of the same delivery is the same task: it runs once, and is answered `duplicate`.
 """
 
 from __future__ import annotations
@@ -20,19 +22,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from agentmesh.agents.client import calling_agent, encode_request
 from agentmesh.gateway.errors import error_body, responses
 from agentmesh.gateway.state import GatewayState, get_state
-from agentmesh.gateway.webhook_store import Claim, Webhook, WebhookStore, validate_delivery_id
+from agentmesh.gateway.webhook_store import Webhook, WebhookStore, validate_delivery_id
+from agentmesh.schemas.codec import encode
 from agentmesh.schemas.envelope import DataPart, FilePart, Message, Part, TextPart, new_id
-from agentmesh.schemas.errors import (
-    AgentNotFound,
-    ErrorCode,
-    InvalidId,
-    InvalidMessage,
-    Unauthorized,
-    Unavailable,
-)
+from agentmesh.schemas.errors import ErrorCode, InvalidId, InvalidMessage, Unauthorized
+from agentmesh.schemas.task import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +37,6 @@ router = APIRouter()
 TIMESTAMP = "X-Mesh-Timestamp"
 DELIVERY = "X-Mesh-Delivery"
 SIGNATURE = "X-Mesh-Signature"
-RETRY_AFTER = 10  # seconds, for answers that ask the sender to try again
 # Passed on to the agent in metadata["headers"]; never the signature.
 FORWARDED_HEADERS = ("user-agent", "x-request-id", "x-forwarded-for")
 
@@ -67,9 +62,13 @@ def legacy_signature(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class Receipt(BaseModel):
-    status: Literal["delivered", "duplicate"]
+    status: Literal["delivered", "duplicate"] = Field(
+        description='"delivered": stored as a task, which an executor delivers; "duplicate": a '
+        "retry of a delivery stored before (the same task)"
+    )
     delivery_id: str
-    message_id: str | None = Field(None, description="The message the agent got (delivered).")
+    task_id: str = Field(description="The task that delivers the message (/v1/tasks).")
+    message_id: str | None = Field(None, description="The message the agent gets (delivered).")
 
 
 # The route reads its headers and body itself (the raw bytes are what was signed).
@@ -109,13 +108,14 @@ _OPENAPI = {
     response_model=Receipt,
     openapi_extra=_OPENAPI,
     responses={
-        200: {"model": Receipt, "description": "A retry of a delivery that succeeded."},
-        **responses(400, 401, 404, 409, 413, 503, 504),
+        200: {"model": Receipt, "description": "A retry of a delivery stored before."},
+        **responses(400, 401, 404, 409, 413, 503),
     },
     tags=["webhooks"],
 )
 async def receive(name: str, request: Request, state: GatewayState = Depends(get_state)) -> Any:
-    """Verify a signed delivery, de-duplicate it, and hand it to the webhook's agent."""
+    """Verify a signed delivery and store it as a task for the webhook's agent (once per
+    delivery id)."""
     store = WebhookStore(state.durable, state.redis, state.bus.subjects)
     try:
         hook = await store.get(name)
@@ -155,39 +155,21 @@ async def receive(name: str, request: Request, state: GatewayState = Depends(get
         )
         return JSONResponse(error, 409)
 
-    # Held while delivering; kept until the longest deliver call could end.
-    ttl = state.settings.request_timeout + RETRY_AFTER
-    claim, token = await store.claim(hook, delivery_id, ttl=ttl)
-    if claim is Claim.DONE:  # a retry of a delivery that succeeded: success, so it stops
-        return JSONResponse({"status": "duplicate", "delivery_id": delivery_id}, 200)
-    if claim is Claim.PENDING:
-        return _retry_later(
-            ErrorCode.UNAVAILABLE,
-            f"delivery {delivery_id!r} is being delivered by another request; retry later",
-            {"webhook": name, "delivery_id": delivery_id},
-        )
-    try:
-        message_id = await _deliver(state, hook, request, delivery_id, int(timestamp), body)
-    except AgentNotFound:
-        await store.release(hook, delivery_id, token)
-        return _retry_later(
-            ErrorCode.AGENT_NOT_FOUND,
-            f"agent '{hook.agent_id}' of webhook '{name}' is not online; retry later",
-            {"webhook": name, "agent_id": hook.agent_id, "delivery_id": delivery_id},
-        )
-    except BaseException:
-        # Not delivered (timeout, NATS down, too large, cancelled): the retry must not be
-        # answered "duplicate", or the delivery would be lost.
-        await store.release(hook, delivery_id, token)
-        raise
-    try:
-        await store.complete(hook, delivery_id)
-    except Unavailable:
-        # Delivered all the same: answering an error would make the sender deliver it twice.
-        logger.warning("webhook %s: delivery %r not marked done (Redis)", name, delivery_id)
-    return JSONResponse(
-        {"status": "delivered", "delivery_id": delivery_id, "message_id": message_id}, 202
+    message = _message(hook, request, delivery_id, int(timestamp), body)
+    key = f"hook:{hook.name}:{delivery_id}"  # at most 254 characters; PROTOCOL.md §8
+    ref = await state.tasks.submit(
+        TaskSpec(agent_id=hook.agent_id, input=message, idempotency_key=key)
     )
+    if not ref.created:  # a retry of a delivery stored before: success, so the sender stops
+        receipt = {"status": "duplicate", "delivery_id": delivery_id, "task_id": ref.task_id}
+        return JSONResponse(receipt, 200)
+    receipt = {
+        "status": "delivered",
+        "delivery_id": delivery_id,
+        "task_id": ref.task_id,
+        "message_id": message.message_id,
+    }
+    return JSONResponse(receipt, 202)
 
 
 def _header(
@@ -202,14 +184,9 @@ def _header(
     return value
 
 
-async def _deliver(
-    state: GatewayState,
-    hook: Webhook,
-    request: Request,
-    delivery_id: str,
-    timestamp: int,
-    body: bytes,
-) -> str:
+def _message(
+    hook: Webhook, request: Request, delivery_id: str, timestamp: int, body: bytes
+) -> Message:
     content_type = request.headers.get("content-type", "")
     headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
     message = Message(
@@ -227,21 +204,12 @@ async def _deliver(
         },
     )
     try:
-        data = _encode(message, hook)
+        encode(message)
     except (InvalidMessage, ValueError, OverflowError, RecursionError):
         # JSON that msgpack cannot carry (integers beyond 64 bits, lone surrogates, very deep
         # nesting) still reaches the agent, as the text it was sent as.
         message.content = [TextPart(text=body.decode("utf-8", errors="replace"))]
-        data = _encode(message, hook)
-    with calling_agent(hook.agent_id):
-        await state.bus.deliver(state.bus.subjects.agent(hook.agent_id), data)
-    return message.message_id
-
-
-def _encode(message: Message, hook: Webhook) -> bytes:
-    return encode_request(
-        message, sender=hook.sender_id, target=hook.agent_id, conversation_id=None, metadata=None
-    )
+    return message
 
 
 def _part(content_type: str, body: bytes) -> Part:
@@ -271,9 +239,3 @@ def _part(content_type: str, body: bytes) -> Part:
 def _is_text(mime: str) -> bool:
     # No content type at all: text if it decodes, as most senders of plain bodies mean.
     return not mime or mime.startswith("text/") or mime in _TEXT_TYPES or mime.endswith("+xml")
-
-
-def _retry_later(code: ErrorCode, message: str, details: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(
-        error_body(code, message, details), 503, headers={"Retry-After": str(RETRY_AFTER)}
-    )

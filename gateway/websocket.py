@@ -42,6 +42,7 @@ from agentmesh.schemas.errors import (
     Unavailable,
 )
 from agentmesh.schemas.service import Load, Serves, ServiceKind, ServiceRecord
+from agentmesh.schemas.task import TaskSpec
 from agentmesh.schemas.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -435,13 +436,15 @@ class Session:
         target = frame.to_agent_id
         try:
             try:
-                with calling_agent(target):
-                    if frame.wait:
+                if frame.wait:
+                    with calling_agent(target):
                         reply = await bus.request(subject, encode(message), timeout=frame.timeout)
-                        out = frames.result(decode(reply.data, Message), message_id=mid)
-                    else:
-                        await bus.deliver(subject, encode(message), timeout=frame.timeout)
-                        out = frames.sent(mid, time.time())
+                    out = frames.result(decode(reply.data, Message), message_id=mid)
+                else:  # a durable task, as HTTP's send without wait: answered once stored
+                    meta = stamp_sender({}, self.principal)
+                    spec = TaskSpec(agent_id=target, input=message, metadata=meta)
+                    ref = await self.state.tasks.submit(spec)
+                    out = frames.sent(mid, time.time(), task_id=ref.task_id)
             except MeshError as exc:
                 out = frames.error(exc, message_id=mid)
             await self.push(out)

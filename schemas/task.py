@@ -55,7 +55,9 @@ class Priority(StrEnum):
 
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS_LIMIT = 100
-MAX_IDEMPOTENCY_KEY_LEN = 256
+MAX_IDEMPOTENCY_KEY_LEN = 256  # what a client may give
+# Stored keys are namespaced by who gave them (`api:<key id>:`, `hook:<name>:<delivery>`).
+MAX_STORED_IDEMPOTENCY_KEY_LEN = 320
 TRACE_ID_RE = re.compile(r"[0-9a-f]{32}")  # a W3C trace id: the spans of its tasks carry it
 TASK_ID_RE = re.compile(r"task-[0-9a-f]{32}")
 
@@ -77,7 +79,7 @@ class TaskSpec(BaseModel):
     # Retry also when the handler itself failed (INTERNAL and other codes), not only when the
     # instance went away (UNAVAILABLE, TIMEOUT of an attempt).
     retry_on_error: bool = False
-    idempotency_key: str | None = Field(default=None, max_length=MAX_IDEMPOTENCY_KEY_LEN)
+    idempotency_key: str | None = Field(default=None, max_length=MAX_STORED_IDEMPOTENCY_KEY_LEN)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 

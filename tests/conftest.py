@@ -27,6 +27,7 @@ from agentmesh.broker.connections import connect_redis
 from agentmesh.broker.durable import DurableState
 from agentmesh.broker.servers import NatsServer, RedisServer
 from agentmesh.broker.settings import Settings
+from agentmesh.workers.executor import Executor
 
 # LLM workers and fake upstreams, for the worker and gateway tests alike.
 pytest_plugins = ["tests.workers.fixtures", "tests.mcp.fixtures"]
@@ -153,6 +154,26 @@ async def start_agent(settings: Settings) -> AsyncIterator[StartAgent]:
     yield start
     for agent in reversed(started):
         await agent.stop()
+
+
+StartExecutor = Callable[..., Awaitable[Executor]]
+
+
+@pytest.fixture
+async def start_executor(settings: Settings) -> AsyncIterator[StartExecutor]:
+    """`await start_executor()` runs an executor (durable tasks: `/gateway/send` without wait,
+    webhook deliveries, `mesh.tasks`) on this test's mesh; stopped afterwards."""
+    started: list[Executor] = []
+
+    async def start(**kw: object) -> Executor:
+        executor = Executor(**kw)  # type: ignore[arg-type]
+        await executor.start(settings)
+        started.append(executor)
+        return executor
+
+    yield start
+    for executor in reversed(started):
+        await executor.stop()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ def test_all_is_the_pinned_sorted_list_of_exported_names() -> None:
         "ImagePart",
         "InvalidId",
         "InvalidMessage",
+        "ManagementClient",
         "MeshClient",
         "MeshError",
         "MeshTimeout",

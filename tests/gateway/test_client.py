@@ -155,6 +155,7 @@ async def test_the_client_sends_to_an_sdk_agent_and_raises_the_gateways_error_co
         assert result["from_agent_id"] == "sdk-agent" and result["conversation_id"] == "c9"
         sent = await client.send("sdk-agent", "fire and forget", wait=False)
         assert sent["type"] == "sent" and sent["status"] == "delivered"
+        assert sent["task_id"].startswith("task-")  # stored as a task
         with pytest.raises(AgentNotFound):
             await client.send("nobody", "hello")
         with pytest.raises(InvalidId):

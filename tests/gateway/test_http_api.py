@@ -63,13 +63,15 @@ async def test_an_agent_that_is_not_online_is_a_404_with_the_seed_code(
     r = await http.get("/gateway/agents/nobody")
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "AGENT_NOT_FOUND"
-    r = await http.post(
-        "/gateway/send", json={"to_agent_id": "nobody", "content": [{"type": "text", "text": "hi"}]}
-    )
+    body = {"to_agent_id": "nobody", "content": [{"type": "text", "text": "hi"}]}
+    r = await http.post("/gateway/send", json={**body, "wait": True})
     assert r.status_code == 404 and r.json()["error"]["code"] == "AGENT_NOT_FOUND"
+    # Without wait the message is a task: stored now, delivered when the agent comes online.
+    r = await http.post("/gateway/send", json=body)
+    assert r.status_code == 200 and r.json()["task_id"].startswith("task-")
 
 
-async def test_send_delivers_and_with_wait_returns_the_result(
+async def test_send_stores_a_task_and_with_wait_returns_the_result(
     http: httpx.AsyncClient, start_agent: StartAgent
 ) -> None:
     await start_agent(research_agent())
@@ -84,13 +86,14 @@ async def test_send_delivers_and_with_wait_returns_the_result(
     assert r.status_code == 200
     sent = r.json()
     assert sent["status"] == "delivered" and sent["message_id"] and ISO.match(sent["timestamp"])
-    assert "result" not in sent
+    assert sent["task_id"].startswith("task-") and "result" not in sent
     r = await http.post("/gateway/send", json={**body, "wait": True})
     waited = r.json()
     assert waited["status"] == "completed"
     assert waited["result"]["result"] == "re: Hello"
     assert waited["result"]["conversation_id"] == "conv-abc-123"
     assert waited["result"]["success"] is True
+    assert "task_id" not in waited  # a direct call, not a task
 
 
 async def test_send_with_wait_times_out_with_504(

@@ -23,7 +23,7 @@ from agentmesh.gateway.keys import KeyRecord, KeyStore
 from agentmesh.gateway.state import GatewayConfig
 from agentmesh.gateway.usage import UsageStore
 from agentmesh.schemas.envelope import Message
-from tests.conftest import StartAgent
+from tests.conftest import StartAgent, StartExecutor
 from tests.gateway.conftest import StartGateway
 from tests.workers.fixtures import StartWorker
 
@@ -113,9 +113,11 @@ async def test_keys_webhooks_and_usage_in_the_old_redis_layout_move_to_jetstream
     redis: aioredis.Redis,
     durable: DurableState,
     caplog: pytest.LogCaptureFixture,
+    start_executor: StartExecutor,
 ) -> None:
     prefix = settings.prefix
     await write_old_layout(redis, prefix)
+    await start_executor()  # webhook deliveries are tasks
     # A record already in JetStream is never overwritten by its Redis copy.
     taken = KeyRecord(TAKEN_ID, "kv copy", frozenset({Scope.SEND}), None, time.time())
     assert await KeyStore(durable, Subjects(prefix)).adopt(taken, "y" * 64)

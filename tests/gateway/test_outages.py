@@ -27,7 +27,7 @@ from agentmesh.gateway.keys import KeyStore
 from agentmesh.gateway.state import GatewayConfig
 from agentmesh.gateway.webhook_store import WebhookStore
 from agentmesh.schemas.envelope import Message
-from tests.conftest import Logged, StartAgent
+from tests.conftest import Logged, StartAgent, StartExecutor
 from tests.gateway.conftest import NatsWithoutJetStream, StartGateway
 from tests.workers.fixtures import StartWorker
 
@@ -132,12 +132,12 @@ async def test_sends_to_an_online_agent_during_a_nats_restart_are_delivered_or_5
     statuses: list[int] = []
     restarted = asyncio.Event()
 
-    async def sender(http: httpx.AsyncClient) -> None:
+    async def sender(http: httpx.AsyncClient, wait: bool) -> None:
+        # A waited send is a direct call; one without wait is a task submit (JetStream).
+        body = {"to_agent_id": "steady", "content": TEXT, "timeout": 5, "wait": wait}
         delivered_after = 0
         while delivered_after < 20:  # keep sending until the mesh has clearly recovered
-            r = await http.post(
-                "/gateway/send", json={"to_agent_id": "steady", "content": TEXT, "timeout": 5}
-            )
+            r = await http.post("/gateway/send", json=body)
             statuses.append(r.status_code)
             if r.status_code == 503:
                 assert r.json()["error"]["code"] == "UNAVAILABLE", r.text
@@ -148,17 +148,16 @@ async def test_sends_to_an_online_agent_during_a_nats_restart_are_delivered_or_5
                 delivered_after += 1
 
     async with httpx.AsyncClient(base_url=replica.url, timeout=30) as http:
-        assert (
-            await http.post("/gateway/send", json={"to_agent_id": "steady", "content": TEXT})
-        ).status_code == 200
+        waited = {"to_agent_id": "steady", "content": TEXT, "wait": True}
+        assert (await http.post("/gateway/send", json=waited)).status_code == 200
         async with asyncio.timeout(60), asyncio.TaskGroup() as tasks:
-            for _ in range(4):
-                tasks.create_task(sender(http))
+            for wait in (True, True, False, False):
+                tasks.create_task(sender(http, wait))
             await asyncio.to_thread(own_nats.stop)
             await asyncio.to_thread(own_nats.start)
             restarted.set()
-        # A send to an agent that really is not online is still AGENT_NOT_FOUND.
-        r = await http.post("/gateway/send", json={"to_agent_id": "nobody", "content": TEXT})
+        # A waited send to an agent that really is not online is still AGENT_NOT_FOUND.
+        r = await http.post("/gateway/send", json={**waited, "to_agent_id": "nobody"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "AGENT_NOT_FOUND"
     assert 200 in statuses
 
@@ -197,9 +196,11 @@ async def test_keys_webhooks_and_usage_totals_survive_a_redis_loss(
     settings: Settings,
     own_redis: RedisServer,
     durable: DurableState,
+    start_executor: StartExecutor,
 ) -> None:
     """Redis really restarted empty (no persistence): keys, webhooks and totals come back."""
     await start_worker(ECHO_MODEL)
+    await start_executor()  # webhook deliveries are tasks
     agent, received = inbox()
     await start_agent(agent)
     own = settings.with_(redis_url=own_redis.url)

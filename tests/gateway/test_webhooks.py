@@ -1,7 +1,8 @@
-"""Signed webhooks against real uvicorn replicas, NATS, Redis and an SDK agent.
+"""Signed webhooks against real uvicorn replicas, NATS, Redis, an executor and an SDK agent.
 
-"Nothing was delivered" is shown without waiting: after a refused call, a valid delivery is
-sent, and the first message the agent receives must be that valid one.
+An accepted delivery is a durable task that the executor hands to the agent. "Nothing was
+delivered" is shown without waiting: after a refused call, a valid delivery is sent, and the
+first message the agent receives must be that valid one.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from agentmesh.broker.durable import DurableState
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects
 from agentmesh.gateway.state import GatewayConfig
-from agentmesh.gateway.webhook_store import Claim, WebhookStore
+from agentmesh.gateway.webhook_store import WebhookStore
 from agentmesh.schemas.envelope import DataPart, FilePart, Message, TextPart
-from tests.conftest import StartAgent
+from tests.conftest import StartAgent, StartExecutor
 from tests.gateway.conftest import Replica, StartGateway
 
 SECRET = "whsec-test-0123456789abcdef"
@@ -90,7 +91,13 @@ async def store(durable: DurableState, redis: aioredis.Redis, settings: Settings
 
 
 @pytest.fixture
-async def triage(start_agent: StartAgent) -> Recorder:
+async def executor(start_executor: StartExecutor) -> None:
+    """Deliveries are tasks: an executor hands them to the agent."""
+    await start_executor()
+
+
+@pytest.fixture
+async def triage(start_agent: StartAgent, executor: None) -> Recorder:
     rec = recorder("triage")
     await start_agent(rec.agent)
     return rec
@@ -121,6 +128,7 @@ async def test_a_signed_json_delivery_reaches_the_agent_as_data_with_webhook_met
     assert r.status_code == 202, r.text
     answer = r.json()
     assert answer["status"] == "delivered" and answer["delivery_id"] == "gh-7f3a"
+    assert answer["task_id"].startswith("task-")
 
     got = await triage.next()
     assert got.message_id == answer["message_id"]
@@ -307,29 +315,33 @@ async def test_the_same_signed_request_sent_again_with_its_own_id_is_a_duplicate
 ) -> None:
     body = b'{"n": 5}'
     headers = signed(body, delivery="evt-5", v1=v1)
-    assert (await post(http, body, headers)).status_code == 202
+    first = await post(http, body, headers)
+    assert first.status_code == 202
     again = await post(http, body, headers)  # a sender that retries the very same bytes
     assert again.status_code == 200
-    assert again.json() == {"status": "duplicate", "delivery_id": "evt-5"}
+    task_id = first.json()["task_id"]
+    assert again.json() == {"status": "duplicate", "delivery_id": "evt-5", "task_id": task_id}
     assert (await triage.next()).conversation_id == "evt-5"
     await assert_next_is_a_fresh_delivery(http, triage)
 
 
-async def test_a_request_that_failed_is_delivered_when_resent_but_a_replay_of_it_is_still_refused(
-    http: httpx.AsyncClient, store: WebhookStore, start_agent: StartAgent
+async def test_a_delivery_to_an_offline_agent_waits_and_a_replay_of_it_is_still_refused(
+    http: httpx.AsyncClient, store: WebhookStore, start_agent: StartAgent, executor: None
 ) -> None:
     body = b'{"n": 6}'
     headers = signed(body, delivery="evt-6", v1=True)
-    assert (await post(http, body, headers)).status_code == 503  # no agent online yet
+    first = await post(http, body, headers)  # no agent online yet: stored all the same
+    assert first.status_code == 202 and first.json()["status"] == "delivered"
     replay = await post(http, body, headers | {"X-Mesh-Delivery": "evt-forged"})
     assert replay.status_code == 409 and replay.json()["error"]["code"] == "REPLAYED"
+    again = await post(http, body, headers)  # the sender resends the same bytes
+    assert again.status_code == 200 and again.json()["task_id"] == first.json()["task_id"]
 
     late = recorder("triage")
     await start_agent(late.agent)
-    r = await post(http, body, headers)  # the sender resends the same bytes
-    assert r.status_code == 202 and r.json()["status"] == "delivered"
     got = await late.next()
     assert got.conversation_id == "evt-6" and got.data == {"n": 6}
+    assert got.message_id == first.json()["message_id"]
     assert late.received.empty()
 
 
@@ -343,7 +355,8 @@ async def test_the_same_delivery_id_twice_is_delivered_once(
     # A retry is signed afresh (new timestamp) but carries the same delivery id.
     again = await post(http, body, signed(body, delivery="evt-1"))
     assert again.status_code == 200
-    assert again.json() == {"status": "duplicate", "delivery_id": "evt-1"}
+    task_id = first.json()["task_id"]
+    assert again.json() == {"status": "duplicate", "delivery_id": "evt-1", "task_id": task_id}
     assert (await triage.next()).conversation_id == "evt-1"
     await assert_next_is_a_fresh_delivery(http, triage)
 
@@ -357,43 +370,46 @@ async def test_de_duplication_holds_across_two_gateway_replicas(
         httpx.AsyncClient(base_url=b.url, timeout=10) as on_b,
     ):
         body = b'{"n": 2}'
-        assert (await post(on_a, body, signed(body, delivery="evt-2"))).status_code == 202
+        first = await post(on_a, body, signed(body, delivery="evt-2"))
+        assert first.status_code == 202
         r = await post(on_b, body, signed(body, delivery="evt-2"))
         assert r.status_code == 200 and r.json()["status"] == "duplicate"
+        assert r.json()["task_id"] == first.json()["task_id"]
         assert (await triage.next()).conversation_id == "evt-2"
         await assert_next_is_a_fresh_delivery(on_b, triage)
 
 
-async def test_a_delivery_in_progress_elsewhere_is_answered_503_to_retry(
-    http: httpx.AsyncClient, store: WebhookStore, triage: Recorder
+async def test_the_same_delivery_sent_to_two_replicas_at_once_is_one_task(
+    start_gateway: StartGateway, store: WebhookStore, triage: Recorder
 ) -> None:
-    hook = await store.get("github")
-    assert hook is not None
-    claim, token = await store.claim(hook, "evt-3", ttl=30)  # as another replica would
-    assert claim is Claim.NEW
-    r = await post(http, b"{}", signed(b"{}", delivery="evt-3"))
-    assert r.status_code == 503 and r.headers["Retry-After"].isdigit()
-    assert r.json()["error"]["code"] == "UNAVAILABLE"
-    await store.release(hook, "evt-3", token)  # that replica's delivery failed
-    assert (await post(http, b"{}", signed(b"{}", delivery="evt-3"))).status_code == 202
-    assert (await triage.next()).conversation_id == "evt-3"
+    a, b = await start_gateway(), await start_gateway()
+    async with (
+        httpx.AsyncClient(base_url=a.url, timeout=10) as on_a,
+        httpx.AsyncClient(base_url=b.url, timeout=10) as on_b,
+    ):
+        body = b'{"n": 3}'
+        answers = await asyncio.gather(
+            post(on_a, body, signed(body, delivery="evt-3")),
+            post(on_b, body, signed(body, delivery="evt-3")),
+        )
+        assert {r.status_code for r in answers} <= {200, 202}, [r.text for r in answers]
+        assert answers[0].json()["task_id"] == answers[1].json()["task_id"]
+        assert (await triage.next()).conversation_id == "evt-3"
+        await assert_next_is_a_fresh_delivery(on_b, triage)
 
 
-async def test_an_offline_agent_is_503_and_the_same_delivery_succeeds_once_it_is_up(
-    http: httpx.AsyncClient, store: WebhookStore, start_agent: StartAgent
+async def test_a_delivery_to_an_offline_agent_is_accepted_and_reaches_it_once_it_is_up(
+    http: httpx.AsyncClient, store: WebhookStore, start_agent: StartAgent, executor: None
 ) -> None:
     body = b'{"n": 4}'
     r = await post(http, body, signed(body, delivery="evt-4"))
-    assert r.status_code == 503
-    assert r.json()["error"]["code"] == "AGENT_NOT_FOUND"
-    assert int(r.headers["Retry-After"]) > 0
+    assert r.status_code == 202 and r.json()["status"] == "delivered"
 
     late = recorder("triage")
     await start_agent(late.agent)
-    r = await post(http, body, signed(body, delivery="evt-4"))  # the sender's retry
-    assert r.status_code == 202 and r.json()["status"] == "delivered"
     got = await late.next()
     assert got.conversation_id == "evt-4" and got.data == {"n": 4}
+    assert got.message_id == r.json()["message_id"]
 
 
 # Around the edges ----------------------------------------------------------------------------

@@ -326,16 +326,19 @@ async def test_websocket_agents_on_two_replicas_talk_to_each_other(
     assert result["from_agent_id"] == "bob" and result["result"] == "hi"
 
 
-async def test_a_send_without_wait_is_acknowledged_once_delivered(
-    gateway: Replica, start_agent: StartAgent
+async def test_a_send_without_wait_is_acknowledged_once_stored_as_a_task(
+    gateway: Replica, mesh: MeshClient
 ) -> None:
-    await start_agent(echo_agent())
     async with ws_agent(gateway, "ws-agent") as sock:
         await sock.send(
             {"type": "send", "to_agent_id": "sdk-agent", "content": text("x"), "wait": False}
         )
         sent = await sock.expect("sent")
     assert sent["status"] == "delivered" and sent["message_id"]
+    task = await mesh.tasks.get(sent["task_id"])  # stored: an executor delivers it
+    assert task is not None and task.spec.agent_id == "sdk-agent"
+    assert task.spec.input.message_id == sent["message_id"]
+    assert task.spec.input.from_agent_id == "ws-agent" and task.spec.input.text == "x"
 
 
 async def test_chunk_frames_stream_to_a_streaming_caller_and_join_for_a_plain_one(
@@ -426,7 +429,8 @@ async def test_closing_the_socket_takes_the_agent_offline_at_once(
         assert event.reason == "deregistered"
         r = await http.get("/gateway/agents/leaving")
         assert r.status_code == 404 and r.json()["error"]["code"] == "AGENT_NOT_FOUND"
-        r = await http.post("/gateway/send", json={"to_agent_id": "leaving", "content": text("x")})
+        body = {"to_agent_id": "leaving", "content": text("x"), "wait": True}
+        r = await http.post("/gateway/send", json=body)
         assert r.status_code == 404 and r.json()["error"]["code"] == "AGENT_NOT_FOUND"
 
 

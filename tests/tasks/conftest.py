@@ -1,17 +1,19 @@
-"""Fixtures for durable tasks: the test's mesh with short task timings, executors to start."""
+"""Fixtures for durable tasks: the test's mesh with short task timings, agents and workers run as
+processes of their own (`spawn`); `start_executor` is in tests/conftest.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
 from agentmesh.agents.client import MeshClient
 from agentmesh.broker.settings import Settings
-from agentmesh.workers.executor import Executor
+from tests.conftest import StartExecutor, start_executor  # noqa: F401 - re-exported
 from tests.gateway.conftest import start_gateway  # noqa: F401 - a fixture, for WebSocket agents
-
-StartExecutor = Callable[..., Awaitable[Executor]]
 
 
 @pytest.fixture
@@ -26,17 +28,47 @@ async def mesh(settings: Settings) -> AsyncIterator[MeshClient]:
         yield client
 
 
-@pytest.fixture
-async def start_executor(settings: Settings) -> AsyncIterator[StartExecutor]:
-    """`await start_executor()` runs an executor on this test's mesh; stopped afterwards."""
-    started: list[Executor] = []
+AGENTMESH = str(Path(sys.executable).parent / "agentmesh")
 
-    async def start(**kw: object) -> Executor:
-        executor = Executor(**kw)  # type: ignore[arg-type]
-        await executor.start(settings)
-        started.append(executor)
-        return executor
+Spawn = Callable[..., "asyncio.Future[asyncio.subprocess.Process]"]
+
+
+@pytest.fixture
+def task_env(env_for: dict[str, str], settings: Settings) -> dict[str, str]:
+    return dict(
+        env_for,
+        AGENTMESH_TASK_LEASE=str(settings.task_lease),
+        AGENTMESH_TASK_RETRY_BACKOFF=str(settings.task_retry_backoff),
+        AGENTMESH_REQUEST_TIMEOUT=str(settings.request_timeout),
+    )
+
+
+@pytest.fixture
+async def spawn(task_env: dict[str, str]) -> AsyncIterator[Callable[..., object]]:
+    """`await spawn("worker", "executor")` runs `agentmesh <args>` on this test's mesh."""
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def start(*args: str) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            AGENTMESH,
+            *args,
+            env=task_env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        return proc
 
     yield start
-    for executor in reversed(started):
-        await executor.stop()
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def online(mesh: MeshClient, kind: str, count: int) -> list[object]:
+    """Wait until `count` instances of `kind` are in the registry (each announces at start)."""
+    async with asyncio.timeout(20):
+        while len(found := await mesh.services(kind)) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # another process's start-up: nothing to wait on here
+    return found

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 
@@ -20,52 +17,7 @@ from agentmesh.schemas.envelope import Message
 from agentmesh.schemas.service import ServiceKind
 from agentmesh.schemas.task import TaskStatus
 from tests.conftest import StartAgent
-from tests.tasks.conftest import StartExecutor
-
-AGENTMESH = str(Path(sys.executable).parent / "agentmesh")
-
-Spawn = Callable[..., "asyncio.Future[asyncio.subprocess.Process]"]
-
-
-@pytest.fixture
-def task_env(env_for: dict[str, str], settings: Settings) -> dict[str, str]:
-    return dict(
-        env_for,
-        AGENTMESH_TASK_LEASE=str(settings.task_lease),
-        AGENTMESH_TASK_RETRY_BACKOFF=str(settings.task_retry_backoff),
-        AGENTMESH_REQUEST_TIMEOUT=str(settings.request_timeout),
-    )
-
-
-@pytest.fixture
-async def spawn(task_env: dict[str, str]) -> AsyncIterator[Callable[..., object]]:
-    """`await spawn("worker", "executor")` runs `agentmesh <args>` on this test's mesh."""
-    procs: list[asyncio.subprocess.Process] = []
-
-    async def start(*args: str) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            AGENTMESH,
-            *args,
-            env=task_env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def online(mesh: MeshClient, kind: str, count: int) -> list[object]:
-    """Wait until `count` instances of `kind` are in the registry (each announces at start)."""
-    async with asyncio.timeout(20):
-        while len(found := await mesh.services(kind)) < count:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)  # another process's start-up: nothing to wait on here
-    return found
+from tests.tasks.conftest import StartExecutor, online
 
 
 @pytest.fixture

@@ -26,6 +26,8 @@ from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from agentmesh.broker.lifecycle import MeshService
@@ -149,10 +151,11 @@ class Executor(MeshService):
         self._loop_task = asyncio.get_running_loop().create_task(self._dispatch())
 
     async def on_stop(self) -> None:
-        if self._loop_task is not None:
+        # Python 3.11's wait_for (inside nats' next_msg) can swallow a cancel that meets a
+        # message, and the loop would go on: cancel again until it has ended.
+        while self._loop_task is not None and not self._loop_task.done():
             self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await asyncio.wait({self._loop_task}, timeout=1.0)
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
@@ -384,9 +387,20 @@ class Executor(MeshService):
         message = spec.input.model_copy()
         message.to_agent_id = agent_id
         headers = {H_TASK_ID: record.task_id, H_TASK_ATTEMPT: str(number)}
+        token = None
         if spec.trace_id is not None:
             headers[H_TRACE_ID] = spec.trace_id
-            headers["traceparent"] = f"00-{spec.trace_id}-{uuid.uuid4().hex[:16]}-01"
+            # The trace id is the task's trace's: with tracing off this header carries it; with
+            # it on, the bus's own span (which replaces the header) is a child in that trace.
+            parent = uuid.uuid4().hex[:16]
+            headers["traceparent"] = f"00-{spec.trace_id}-{parent}-01"
+            remote = trace.SpanContext(
+                trace_id=int(spec.trace_id, 16),
+                span_id=int(parent, 16),
+                is_remote=True,
+                trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+            )
+            token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(remote)))
         timeout = MAX_ATTEMPT_SECONDS
         if spec.deadline is not None:
             timeout = max(0.001, min(timeout, spec.deadline - time.time()))
@@ -414,6 +428,8 @@ class Executor(MeshService):
                     final = decode(frame.data, Message)
         finally:
             chunks.put_nowait(None)
+            if token is not None:
+                otel_context.detach(token)
         if final is None:
             final = Message(content=merge_text(parts), from_agent_id=agent_id)
         return final
