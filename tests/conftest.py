@@ -99,6 +99,18 @@ def env_for(settings: Settings) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def task_env(env_for: dict[str, str], settings: Settings) -> dict[str, str]:
+    """`env_for` plus the test's task timings, for children that run or create tasks (the first
+    to create the queue's consumers sets their ack wait, the lease)."""
+    return dict(
+        env_for,
+        AGENTMESH_TASK_LEASE=str(settings.task_lease),
+        AGENTMESH_TASK_RETRY_BACKOFF=str(settings.task_retry_backoff),
+        AGENTMESH_REQUEST_TIMEOUT=str(settings.request_timeout),
+    )
+
+
 class Logged(logging.Handler):
     """Counts the records of `logger` whose message contains `text`; `wait(n)` returns once
     there were `n` (for events only logs show, such as a NATS reconnect inside a replica)."""

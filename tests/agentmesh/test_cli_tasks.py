@@ -26,14 +26,8 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def env(env_for: dict[str, str], settings: Settings) -> dict[str, str]:
-    # The CLI may be the first to create the task queue's consumers, whose ack wait is the lease.
-    return dict(
-        env_for,
-        AGENTMESH_TASK_LEASE=str(settings.task_lease),
-        AGENTMESH_TASK_RETRY_BACKOFF=str(settings.task_retry_backoff),
-        AGENTMESH_REQUEST_TIMEOUT=str(settings.request_timeout),
-    )
+def env(task_env: dict[str, str]) -> dict[str, str]:
+    return task_env
 
 
 @pytest.fixture

@@ -34,16 +34,6 @@ Spawn = Callable[..., "asyncio.Future[asyncio.subprocess.Process]"]
 
 
 @pytest.fixture
-def task_env(env_for: dict[str, str], settings: Settings) -> dict[str, str]:
-    return dict(
-        env_for,
-        AGENTMESH_TASK_LEASE=str(settings.task_lease),
-        AGENTMESH_TASK_RETRY_BACKOFF=str(settings.task_retry_backoff),
-        AGENTMESH_REQUEST_TIMEOUT=str(settings.request_timeout),
-    )
-
-
-@pytest.fixture
 async def spawn(task_env: dict[str, str]) -> AsyncIterator[Callable[..., object]]:
     """`await spawn("worker", "executor")` runs `agentmesh <args>` on this test's mesh."""
     procs: list[asyncio.subprocess.Process] = []
