@@ -3,8 +3,9 @@
 Prints the results as markdown and rewrites their sections of docs/BENCHMARKS.md: `bus`
 (MeshClient.ask against raw nats-py), `gateway` (the HTTP and WebSocket gateway as a
 process of its own), `llm` (gateway → bus → LLM worker → a local upstream, against that
-upstream called directly) and `mcp` (a tool call on the bus and through the gateway, against the
-`mcp` client calling the same MCP server directly). `--profile` instead profiles the SDK path at
+upstream called directly), `mcp` (a tool call on the bus and through the gateway, against the
+`mcp` client calling the same MCP server directly) and `tasks` (`mesh.tasks.submit` through an
+executor to an agent, against raw JetStream). `--profile` instead profiles the SDK path at
 concurrency 64.
 """
 
@@ -19,9 +20,20 @@ from pathlib import Path
 
 from agentmesh.broker.servers import NatsServer, RedisServer
 from agentmesh.broker.settings import Settings
-from tests.bench import bus, gateway, gateway_report, llm, llm_report, mcp, mcp_report, report
+from tests.bench import (
+    bus,
+    gateway,
+    gateway_report,
+    llm,
+    llm_report,
+    mcp,
+    mcp_report,
+    report,
+    tasks,
+    tasks_report,
+)
 
-SECTIONS = ("bus", "gateway", "llm", "mcp")
+SECTIONS = ("bus", "gateway", "llm", "mcp", "tasks")
 
 
 def _prefix() -> str:
@@ -62,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("gateway", gateway.run_all, gateway_report.section),
                 ("llm", llm.run_all, llm_report.section),
                 ("mcp", mcp.run_all, mcp_report.section),
+                ("tasks", tasks.run_all, tasks_report.section),
             ):
                 if name in chosen:
                     logs = Path(tmp) / f"{name}-logs"
