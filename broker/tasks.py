@@ -64,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 QUEUE_DUPLICATE_WINDOW = 120.0  # seconds: a re-submitted task id is queued once
 MAX_CAS_RETRIES = 50
+KNOWN_RECORDS = 1024  # task records a store keeps from its last read or write (see `update`)
 WAIT_RECHECK = 5.0  # seconds a waiter follows events before it reads the record again
 WAIT_RETRY = 0.2  # seconds between tries while NATS is unreachable
 _UNREACHABLE = (nats.errors.Error, OSError, TimeoutError)
@@ -103,6 +104,7 @@ class TaskStore:
         self.names = names(settings.prefix)
         self.js = nc.jetstream(timeout=timeout)
         self._kv: dict[str, KeyValue] = {}
+        self._known: dict[str, tuple[TaskRecord, int]] = {}  # last read or written, for update
         self._ready = False
 
     # Set-up ----------------------------------------------------------------------------------
@@ -379,8 +381,11 @@ class TaskStore:
             try:
                 entry = await kv.get(task_id)
             except nats.js.errors.KeyNotFoundError:
+                self._known.pop(task_id, None)
                 return None
-        return decode(entry.value or b"", TaskRecord), entry.revision or 0
+        found = decode(entry.value or b"", TaskRecord), entry.revision or 0
+        self._remember(task_id, found)
+        return found
 
     async def update(
         self, task_id: str, change: Callable[[TaskRecord], TaskRecord | None]
@@ -388,10 +393,15 @@ class TaskStore:
         """Apply `change` compare-and-set until it sticks; `change` returns the new record, or
         None to leave it as it is. Returns the stored record (None: no such task)."""
         kv = await self._tasks()
+        # Start from the copy this store last read or wrote, if any: compare-and-set makes a
+        # stale one safe (the write fails, and the record is read again). An executor's chain
+        # of updates to one task so costs one read instead of one per update.
+        found = self._known.pop(task_id, None)
         for _ in range(MAX_CAS_RETRIES):
-            found = await self.load(task_id)
             if found is None:
-                return None
+                found = await self.load(task_id)
+                if found is None:
+                    return None
             record, revision = found
             new = change(record.model_copy(deep=True))
             if new is None:
@@ -399,11 +409,20 @@ class TaskStore:
             new.updated_at = time.time()
             with self._calling("updating a task"):
                 try:
-                    await kv.update(task_id, encode(new), last=revision)
+                    stored = await kv.update(task_id, encode(new), last=revision)
                 except nats.js.errors.KeyWrongLastSequenceError:
-                    continue  # someone else changed it: read again and re-apply
+                    found = None  # someone else changed it: read again and re-apply
+                    continue
+            self._remember(task_id, (new, stored))
             return new
         raise Unavailable(f"task {task_id} is changing too often to update; retry")
+
+    def _remember(self, task_id: str, found: tuple[TaskRecord, int]) -> None:
+        """Keep a private copy (callers may change the record they were given)."""
+        self._known.pop(task_id, None)
+        self._known[task_id] = (found[0].model_copy(deep=True), found[1])
+        if len(self._known) > KNOWN_RECORDS:
+            del self._known[next(iter(self._known))]  # the oldest first: a bounded memory
 
     async def list(
         self,
