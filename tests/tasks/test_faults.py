@@ -158,3 +158,36 @@ async def test_a_thousand_tasks_through_two_executors_and_two_replicas_with_one_
         done = await asyncio.gather(*(mesh.tasks.wait(r.task_id) for r in refs))
     assert all(d.status is TaskStatus.COMPLETED for d in done), {d.status for d in done}
     assert sorted(d.result.text.split(":")[1] for d in done) == sorted(f"t{i}" for i in range(1000))
+
+
+async def test_a_task_accepted_by_a_gateway_sigkilled_right_after_its_answer_still_runs(
+    mesh: MeshClient, spawn, start_agent: StartAgent, start_executor: StartExecutor
+) -> None:
+    """The 201 comes after JetStream stored the task: the gateway's death costs nothing."""
+    import httpx
+
+    from agentmesh.broker.servers import free_port
+
+    port = free_port()
+    gateway = await spawn("gateway", "--port", str(port))
+    await online(mesh, ServiceKind.GATEWAY, 1)
+    async with (
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http,
+        asyncio.timeout(20),
+    ):
+        while True:  # announced before uvicorn listens: retry a refused connection
+            try:
+                body = {"agent_id": "late", "task_description": "x"}
+                answer = await http.post("/v1/tasks", json=body)
+                break
+            except httpx.ConnectError:
+                await asyncio.sleep(0.05)
+    assert answer.status_code == 201, answer.text
+    gateway.kill()  # SIGKILL
+    await gateway.wait()
+    agent = Agent("late")
+    agent.handler(lambda msg, ctx: f"ran: {msg.text}")
+    await start_agent(agent)
+    await start_executor()
+    record = await mesh.tasks.wait(answer.json()["task_id"], timeout=20)
+    assert record.status is TaskStatus.COMPLETED and record.result.text == "ran: x"
