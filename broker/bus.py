@@ -17,7 +17,6 @@ import logging
 import math
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from opentelemetry import propagate, trace
 
+from agentmesh.broker.call import Call
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects
 from agentmesh.broker.tracing import tracing_enabled
@@ -45,7 +45,6 @@ from agentmesh.schemas.errors import (
     ConnectionFailed,
     ErrorInfo,
     MeshError,
-    MeshTimeout,
     NoResponders,
     PayloadTooLarge,
     Unavailable,
@@ -69,78 +68,6 @@ _NOT_CONNECTED = (
 )
 
 
-class _Call:
-    """One outstanding call: frames arrive through the muxed inbox and wait here.
-
-    A deque plus one waiter future, not an `asyncio.Queue`: most calls see one frame, and a
-    Queue (with its Event and two deques) per call is measurable on the hot path.
-    """
-
-    __slots__ = (
-        "subject",
-        "reply",
-        "_items",
-        "_waiter",
-        "instance",
-        "last_seen",
-        "dead",
-        "ended",
-        "timer",
-        "span",
-        "request",
-        "retries",
-        "resend",
-        "ack_timer",
-        "reroutes",
-        "on_ack",
-    )
-
-    def __init__(self, subject: str, reply: str) -> None:
-        self.subject = subject
-        self.reply = reply
-        self._items: deque[Frame | MeshError] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self.instance: str | None = None
-        self.last_seen = time.monotonic()
-        self.dead = False
-        self.ended = False  # the responder sent a terminal frame (or nobody was there)
-        self.timer: asyncio.TimerHandle | None = None
-        self.span: trace.Span | None = None
-        self.request: tuple[bytes, dict[str, str] | None] = (b"", None)  # to send it again
-        self.retries = 0  # re-sends after "no responders" while the bus was settling
-        self.resend: asyncio.Task[None] | None = None
-        self.ack_timer: asyncio.TimerHandle | None = None  # armed until the first frame
-        self.reroutes = 0  # re-sends after an instance took no notice within the ack timeout
-        self.on_ack: Callable[[str], None] | None = None  # told the acknowledging instance
-
-    def deliver(self, item: Frame | MeshError) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def get(self) -> Frame | MeshError:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
-
-    def time_out(self, timeout: float) -> None:
-        self.fail(
-            MeshTimeout(
-                f"no reply from {self.subject} within {timeout:g}s", details={"timeout": timeout}
-            )
-        )
-
-    def fail(self, error: MeshError) -> None:
-        if not self.dead:
-            self.dead = True
-            self.deliver(error)
-
-
 class Bus:
     """A connection to the mesh's NATS. Create with `await Bus.connect(settings)`."""
 
@@ -152,7 +79,7 @@ class Bus:
         self._inbox = nc.new_inbox()
         self._inbox_len = len(self._inbox) + 1
         self._tokens = itertools.count(1)
-        self._calls: dict[str, _Call] = {}
+        self._calls: dict[str, Call] = {}
         self._inbox_sub: Any = None
         self._watchdog: asyncio.Task[None] | None = None
         self._services: list[Any] = []
@@ -384,11 +311,11 @@ class Bus:
         *,
         stream: bool,
         on_ack: Callable[[str], None] | None = None,
-    ) -> _Call:
+    ) -> Call:
         self._check_size(data)
         timeout = self.settings.request_timeout if timeout is None else timeout
         token = format(next(self._tokens), "x")
-        call = _Call(subject, f"{self._inbox}.{token}")
+        call = Call(subject, f"{self._inbox}.{token}")
         call.on_ack = on_ack
         hdrs = dict(headers) if headers else {}
         if stream:
@@ -421,7 +348,7 @@ class Bus:
             raise
         return call
 
-    async def _next(self, call: _Call) -> Frame:
+    async def _next(self, call: Call) -> Frame:
         item = await call.get()
         if isinstance(item, MeshError):
             raise item  # local: timeout, silent responder, nobody serving, connection closed
@@ -431,7 +358,7 @@ class Bus:
                 raise error_from_info(decode(item.data, ErrorInfo))
         return item
 
-    async def _finish(self, call: _Call) -> None:
+    async def _finish(self, call: Call) -> None:
         self._calls.pop(call.reply[self._inbox_len :], None)
         if call.timer is not None:
             call.timer.cancel()
@@ -444,7 +371,7 @@ class Bus:
         if not call.ended:  # timed out, went silent, or the caller cancelled or stopped
             await self._send_cancel(call)
 
-    async def _send_cancel(self, call: _Call) -> None:
+    async def _send_cancel(self, call: Call) -> None:
         await self._cancel(call.reply, call.instance)
 
     async def _cancel(self, reply: str, instance: str | None) -> None:
@@ -493,7 +420,7 @@ class Bus:
         except ValueError:
             logger.debug("ignoring a frame of unknown kind %r", kind)
 
-    async def _send_again(self, call: _Call) -> None:
+    async def _send_again(self, call: Call) -> None:
         """Nobody took the request while the bus is settling: send it again shortly (safe, as
         "no responders" means no one received it)."""
         call.retries += 1
@@ -512,7 +439,7 @@ class Bus:
                 )
             )
 
-    def _ack_overdue(self, call: _Call) -> None:
+    def _ack_overdue(self, call: Call) -> None:
         """No frame within the ack timeout: the instance NATS chose is frozen (SIGSTOP, a
         blocked event loop) or has more queued than it admits. Unless the connection itself is
         settling (then the settling re-sends own the call), try another member."""
@@ -526,7 +453,7 @@ class Bus:
             return
         call.resend = asyncio.get_running_loop().create_task(self._reroute(call))
 
-    async def _reroute(self, call: _Call) -> None:
+    async def _reroute(self, call: Call) -> None:
         """Cancel the unacknowledged attempt (it may yet start when its instance thaws) and
         send the request again under a new reply subject, so that the cancel cannot touch the
         new attempt and late frames of the old one are dropped."""
@@ -559,7 +486,7 @@ class Bus:
                 self.settings.ack_timeout, self._ack_overdue, call
             )
 
-    def _expire(self, call: _Call, timeout: float) -> None:
+    def _expire(self, call: Call, timeout: float) -> None:
         """The deadline passed. A call nobody took while the connection was settling is
         UNAVAILABLE (retry later), not TIMEOUT."""
         if call.instance is None and (call.retries or self.settling):

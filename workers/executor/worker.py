@@ -28,11 +28,9 @@ import nats.errors
 from nats.aio.msg import Msg
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from redis.exceptions import RedisError
 
 from agentmesh.broker.lifecycle import MeshService
 from agentmesh.broker.registry import Registry
-from agentmesh.broker.subjects import validate_id
 from agentmesh.broker.tasks import TaskStore, consumer_name
 from agentmesh.broker.types import H_TASK_ATTEMPT, H_TASK_ID, H_TRACE_ID, Kind
 from agentmesh.schemas.codec import decode, encode
@@ -55,6 +53,7 @@ from agentmesh.schemas.task import (
     TaskRecord,
     TaskStatus,
 )
+from agentmesh.workers.executor.limits import AgentLimits
 
 logger = logging.getLogger(__name__)
 
@@ -65,24 +64,6 @@ MAX_DELAY = 60.0  # a task due later is redelivered at most this far apart
 MAX_ATTEMPT_SECONDS = 86400.0  # a call with no deadline still ends some day
 RETRIABLE = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT})
 _NO_WAIT = json.dumps({"batch": 1, "no_wait": True}).encode()
-# KEYS[1]: the agent's running set; ARGV: task id, limit, lease seconds. Leases that ran out
-# (an executor died holding one) are dropped first; a task already holding one keeps it.
-_ADMIT = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], t + 3 * tonumber(ARGV[3]), ARGV[1])
-  redis.call('EXPIRE', KEYS[1], math.ceil(3 * tonumber(ARGV[3])) + 60)
-  return 1
-end
-return 0
-"""
-_RENEW = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
-return redis.call('ZADD', KEYS[1], 'XX', t + 3 * tonumber(ARGV[2]), ARGV[1])
-"""
 
 
 @dataclass
@@ -116,9 +97,7 @@ class Executor(MeshService):
     ) -> None:
         super().__init__(name)
         self.max_running = max_running
-        self.agent_limits = {validate_id(k): int(v) for k, v in (agent_limits or {}).items()}
-        if any(v < 1 for v in self.agent_limits.values()):
-            raise ValueError("an agent limit must be at least 1")
+        self.limits = AgentLimits(agent_limits)
         self.store: TaskStore | None = None
         self._running: dict[str, _Running] = {}
         self._slots = asyncio.Semaphore(max_running)
@@ -128,14 +107,13 @@ class Executor(MeshService):
         self._tasks: set[asyncio.Task[None]] = set()
         self._registry: Registry | None = None
         self._pulls: Any = None  # the subscription pulled tasks arrive on
-        self._places: dict[str, str] = {}  # task id → agent id, for tasks holding a limit place
         self.completed = 0  # attempts this instance finished (any outcome)
 
     def load(self) -> Load:
         return Load(in_flight=len(self._running), served=self.completed)
 
     def detail(self) -> dict[str, Any]:
-        return {"max_running": self.max_running, "agent_limits": self.agent_limits}
+        return {"max_running": self.max_running, "agent_limits": self.limits.limits}
 
     # Lifecycle -------------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -274,36 +252,15 @@ class Executor(MeshService):
             await self._finish(record, TaskStatus.FAILED, None, error)
             await msg.ack()
             return
-        limit = self.agent_limits.get(agent_id)
-        if limit is not None and not await self._admit(agent_id, task_id, limit):
-            await msg.nak(delay=OFFLINE_RECHECK)  # the agent has its limit running: wait
-            return
-        if limit is not None:
-            self._places[task_id] = agent_id
+        if self.limits.limited(agent_id):
+            lease, subjects = self.bus.settings.task_lease, self.bus.subjects
+            if not await self.limits.admit(self.redis, subjects, agent_id, task_id, lease):
+                await msg.nak(delay=OFFLINE_RECHECK)  # the agent has its limit running: wait
+                return
         try:
             await self._attempt(msg, record, agent_id)
         finally:
-            if limit is not None:
-                self._places.pop(task_id, None)
-                await self._release(agent_id, task_id)
-
-    async def _admit(self, agent_id: str, task_id: str, limit: int) -> bool:
-        """Take one of the agent's `limit` places (a Redis set of leases shared by executors);
-        False if all are taken. Redis unreachable: not admitted (the limit cannot be kept)."""
-        key = self.bus.subjects.key("tasks", "running", agent_id)
-        try:
-            return bool(
-                await self.redis.eval(
-                    _ADMIT, 1, key, task_id, str(limit), str(self.bus.settings.task_lease)
-                )
-            )
-        except (RedisError, OSError) as exc:
-            logger.warning("cannot check the task limit of %s (%s); waiting", agent_id, exc)
-            return False
-
-    async def _release(self, agent_id: str, task_id: str) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self.redis.zrem(self.bus.subjects.key("tasks", "running", agent_id), task_id)
+            await self.limits.release(self.redis, self.bus.subjects, task_id)
 
     async def _pick(self, agent_type: str) -> str | None:
         """An online agent of `agent_type`, the least loaded (ties at random)."""
@@ -368,11 +325,7 @@ class Executor(MeshService):
             await asyncio.sleep(lease / 3)
             with contextlib.suppress(nats.errors.Error, OSError):
                 await msg.in_progress()
-            agent_id = self._places.get(task_id)
-            if agent_id is not None:
-                key = self.bus.subjects.key("tasks", "running", agent_id)
-                with contextlib.suppress(RedisError, OSError):
-                    await self.redis.eval(_RENEW, 1, key, task_id, str(lease))
+            await self.limits.renew(self.redis, self.bus.subjects, task_id, lease)
 
     async def _call(
         self,
