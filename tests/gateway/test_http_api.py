@@ -291,11 +291,24 @@ async def test_one_invalid_registry_record_never_takes_the_listings_down(
         "AGENTMESH_HEARTBEAT_INTERVAL": "30",
         "AGENTMESH_HEARTBEAT_TIMEOUT": "60",
     }
-    for args, shown in ((["agents"], "agent-001"), (["ps"], "invalid"), (["status"], "invalid")):
-        await beat()
-        result = await run_cli(agentmesh_exe, *args, env=slow_reader)
-        assert result.code == 0 and "Traceback" not in result.err, result.err
-        assert shown in result.out
+
+    async def keep_beating() -> None:  # as the node agent would, while the CLI starts (slowly)
+        while True:
+            await beat()
+            await asyncio.sleep(settings.heartbeat_interval)
+
+    beating = asyncio.create_task(keep_beating())
+    try:
+        for args, shown in (
+            (["agents"], "agent-001"),
+            (["ps"], "invalid"),
+            (["status"], "invalid"),
+        ):
+            result = await run_cli(agentmesh_exe, *args, env=slow_reader)
+            assert result.code == 0 and "Traceback" not in result.err, result.err
+            assert shown in result.out
+    finally:
+        beating.cancel()
 
 
 async def test_services_lists_the_gateway_and_agents_with_their_load(
