@@ -51,6 +51,7 @@ class Announcer:
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._beating = asyncio.Lock()
         self._stopping = False
         self._failing = False
         self.reported_served = 0  # the served count deregistration reported
@@ -92,8 +93,13 @@ class Announcer:
 
     async def beat(self) -> None:
         """Heartbeat now (errors are raised), then sweep if one is due (errors are logged)."""
-        record = self.record()
-        if await self.registry.heartbeat(record):
+        # One beat at a time, each built when it is its turn: a periodic beat whose record was
+        # built before a change (a model added) must not reach Redis after the change's own
+        # beat, or the stale record would withdraw the new name.
+        async with self._beating:
+            record = self.record()
+            registered = await self.registry.heartbeat(record)
+        if registered:
             await self._publish(record, PresenceStatus.ONLINE)
         if not self.registry.sweep_due(self.interval):
             return
