@@ -13,6 +13,8 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -274,15 +276,24 @@ async def test_an_unknown_or_deleted_webhook_is_404(
     assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
 
 
-# Replays with another delivery id -------------------------------------------------------------
-async def test_a_captured_v1_request_replayed_with_a_new_delivery_id_is_refused_on_every_replica(
-    start_gateway: StartGateway, store: WebhookStore, triage: Recorder
-) -> None:
+@asynccontextmanager
+async def two_replicas(
+    start_gateway: StartGateway,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """HTTP clients of two gateway replicas of the same mesh."""
     a, b = await start_gateway(), await start_gateway()
     async with (
         httpx.AsyncClient(base_url=a.url, timeout=10) as on_a,
         httpx.AsyncClient(base_url=b.url, timeout=10) as on_b,
     ):
+        yield on_a, on_b
+
+
+# Replays with another delivery id -------------------------------------------------------------
+async def test_a_captured_v1_request_replayed_with_a_new_delivery_id_is_refused_on_every_replica(
+    start_gateway: StartGateway, store: WebhookStore, triage: Recorder
+) -> None:
+    async with two_replicas(start_gateway) as (on_a, on_b):
         body = b'{"pay": 100}'
         captured = signed(body, delivery="evt-real", v1=True)
         assert (await post(on_a, body, captured)).status_code == 202
@@ -364,11 +375,7 @@ async def test_the_same_delivery_id_twice_is_delivered_once(
 async def test_de_duplication_holds_across_two_gateway_replicas(
     start_gateway: StartGateway, store: WebhookStore, triage: Recorder
 ) -> None:
-    a, b = await start_gateway(), await start_gateway()
-    async with (
-        httpx.AsyncClient(base_url=a.url, timeout=10) as on_a,
-        httpx.AsyncClient(base_url=b.url, timeout=10) as on_b,
-    ):
+    async with two_replicas(start_gateway) as (on_a, on_b):
         body = b'{"n": 2}'
         first = await post(on_a, body, signed(body, delivery="evt-2"))
         assert first.status_code == 202
@@ -382,11 +389,7 @@ async def test_de_duplication_holds_across_two_gateway_replicas(
 async def test_the_same_delivery_sent_to_two_replicas_at_once_is_one_task(
     start_gateway: StartGateway, store: WebhookStore, triage: Recorder
 ) -> None:
-    a, b = await start_gateway(), await start_gateway()
-    async with (
-        httpx.AsyncClient(base_url=a.url, timeout=10) as on_a,
-        httpx.AsyncClient(base_url=b.url, timeout=10) as on_b,
-    ):
+    async with two_replicas(start_gateway) as (on_a, on_b):
         body = b'{"n": 3}'
         answers = await asyncio.gather(
             post(on_a, body, signed(body, delivery="evt-3")),
