@@ -69,6 +69,18 @@ class DurableState:
         self._buckets: dict[str, Bucket] = {}
         self._streams: dict[str, list[str]] = {USAGE_STREAM: [USAGE_SUBJECTS]}
 
+    def add_stream(self, name: str, subjects: list[str]) -> None:
+        """Make `name` (with these subjects) one of the streams `ensure_stream` creates."""
+        self._streams.setdefault(name, subjects)
+
+    async def purge(self, stream: str, subject: str) -> None:
+        """Remove every message of `subject` from `stream` (nothing if the stream is missing)."""
+        with self.calling(f"purging {stream}"):
+            try:
+                await self.js.purge_stream(stream, subject=subject)
+            except nats.js.errors.NotFoundError:
+                pass
+
     def bucket(self, name: str) -> Bucket:
         if name not in self._buckets:
             self._buckets[name] = Bucket(self, name)

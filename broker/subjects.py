@@ -152,6 +152,30 @@ class Subjects:
         """Core NATS: a task was queued; idle executors look at the queue now."""
         return f"{self.prefix}.tasks.nudge"
 
+    # The agent runtime (agents/runtime, broker/sessions.py) -------------------------------------
+    def session_log(self, session_id: str | None = None) -> str:
+        """A runtime session's turns, `<p>.sessions.log.<session_id>` (`None`: every session's)."""
+        s = "*" if session_id is None else validate_id(session_id, what="session id")
+        return f"{self.prefix}.sessions.log.{s}"
+
+    def session_events(self) -> str:
+        """Core NATS: a session's status changed (streaming, success, error, read, title)."""
+        return f"{self.prefix}.sessions.events"
+
+    def runtime_infer(self) -> str:
+        """Ad-hoc inferences (`/v1/infer`, sub-agents), served by runtime workers in a queue
+        group of the same name."""
+        return f"{self.prefix}.runtime.infer"
+
+    def runtime_abort(self) -> str:
+        """Core NATS: abort the inference running for a session, on whichever worker runs it."""
+        return f"{self.prefix}.runtime.abort"
+
+    def runtime_changed(self) -> str:
+        """Core NATS: a stored definition (agent, template, skill, tool) changed; workers
+        re-read now instead of at their next poll."""
+        return f"{self.prefix}.runtime.changed"
+
     def usage(self, key_id: str | None = None, model: str | None = None) -> str:
         """One LLM call's usage event, `agentmesh.usage.<p>.<key id>.<escaped model>`, kept in
         the JetStream stream `agentmesh_usage` with every mesh's. No other subject starts with
