@@ -22,6 +22,7 @@ class ServiceKind(StrEnum):
     LLM_WORKER = "llm-worker"
     MCP_WORKER = "mcp-worker"
     EXECUTOR = "executor"
+    RUNTIME_WORKER = "runtime-worker"
 
 
 class Serves(BaseModel):

@@ -46,6 +46,21 @@ class Lineage:
         return {"depth": self.depth, "agents": list(self.agents), "max_depth": self.max_depth}
 
     @classmethod
+    def from_request(cls, value: dict[str, Any]) -> Lineage:
+        """The lineage an ad-hoc sub-agent's request carries (`delegation`, with its path)."""
+        path = value.get("path")
+        raw = value.get("agents")
+        agents = tuple(a for a in raw if isinstance(a, str)) if isinstance(raw, list) else ()
+        depth = value.get("depth")
+        limit = value.get("max_depth")
+        return cls(
+            path=[p for p in path if isinstance(p, str)] if isinstance(path, list) else [],
+            depth=depth if isinstance(depth, int) and depth >= 0 else 0,
+            agents=agents,
+            max_depth=limit if isinstance(limit, int) and limit >= 0 else DEFAULT_MAX_DEPTH,
+        )
+
+    @classmethod
     def from_metadata(cls, value: Any, *, agent_id: str, max_depth: int) -> Lineage:
         """The lineage a delegated mesh call carries (none: a root call to `agent_id`)."""
         depth, agents, limit = 0, (), max_depth

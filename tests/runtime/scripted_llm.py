@@ -9,6 +9,7 @@ a multi-round script; every request body is recorded in `.requests`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -69,7 +70,12 @@ class ScriptedOpenAI(FakeServer):
         self.requests: list[dict[str, Any]] = []
         self.started = asyncio.Event()  # set at each request (a test waits for a call to begin)
         self._ids = itertools.count(1)
+        self._stopping = asyncio.Event()
         super().__init__([Route("/v1/chat/completions", self._chat, methods=["POST"])])
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await super().stop()
 
     @property
     def base_url(self) -> str:
@@ -80,8 +86,9 @@ class ScriptedOpenAI(FakeServer):
         self.requests.append(body)
         self.started.set()
         reply = self.brain(body)
-        if reply.delay:
-            await asyncio.sleep(reply.delay)  # the scripted model's own slowness
+        if reply.delay:  # the scripted model's own slowness (cut short by `stop`)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), reply.delay)
         calls = [
             {
                 "id": f"call_{next(self._ids)}",
