@@ -1,4 +1,5 @@
-"""`agentmesh worker`: run the mesh's workers (`llm`, `mcp`, `executor`) until Ctrl-C or SIGTERM."""
+"""`agentmesh worker`: run the mesh's workers (`llm`, `mcp`, `executor`, `runtime`) until Ctrl-C
+or SIGTERM."""
 
 from __future__ import annotations
 
@@ -145,3 +146,51 @@ def executor(
             raise cli_support.fail(f"--limit {item!r}: use AGENT=N, an agent id and N >= 1")
         limits[agent] = int(count)
     _serve(lambda: Executor(name, max_running=max_running, agent_limits=limits), verbose)
+
+
+@worker_app.command("runtime")
+def runtime(
+    name: str = typer.Option("runtime", "--name", help="Its service name in the registry."),
+    file: Path | None = typer.Option(
+        None,
+        "--file",
+        "-f",
+        help="A mesh file: its `runtime:` section (agents and templates are saved into the "
+        "mesh; edits apply live).",
+    ),
+    shared: bool = typer.Option(False, "--shared", help=SHARED_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve every saved agent of the mesh as a mesh agent, and ad-hoc inferences (`/v1/infer`,
+    sub-agents). Start more to share the load; any of them continues any session."""
+    from agentmesh.agents.runtime.worker import RuntimeWorker
+
+    if file is None and not shared:
+        _serve(lambda: RuntimeWorker(name), verbose)
+        return
+    _follow_runtime(name, file, shared, verbose)
+
+
+def _follow_runtime(name: str, file: Path | None, shared: bool, verbose: bool) -> None:
+    from agentmesh.agents.runtime.worker import RuntimeWorker
+    from agentmesh.following import Following, log_warnings, open_source, runtime_part
+    from agentmesh.workers.config import ConfigError
+
+    cli_support.setup_logging(verbose)
+    settings = cli_support.settings()
+
+    async def main() -> None:
+        opened = await open_source(file, shared, settings)
+        try:
+            log_warnings(opened.doc)
+            section = opened.doc.runtime()
+        except BaseException:
+            await opened.close()
+            raise
+        worker = RuntimeWorker(name, section=section)
+        await run_until_signal(Following(worker, opened, [runtime_part(worker)]), settings)
+
+    try:
+        cli_support.run(main)
+    except ConfigError as exc:
+        raise cli_support.fail(str(exc)) from None

@@ -81,6 +81,10 @@ def llm_part(worker: Any) -> Part:
     return Part("models", lambda doc: doc.llm(), worker.apply)
 
 
+def runtime_part(worker: Any) -> Part:
+    return Part("runtime", lambda doc: doc.runtime(), worker.apply)
+
+
 def mcp_part(worker: Any) -> Part:
     return Part("mcpServers", lambda doc: doc.mcp(), worker.apply)
 

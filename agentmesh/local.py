@@ -1,6 +1,6 @@
 """`agentmesh up`: a real local mesh (nats-server with JetStream, redis-server, the gateway, the
-echo agent, an executor for durable tasks, an LLM worker and an MCP worker with the reference
-time server).
+echo agent, an executor for durable tasks, a runtime worker for saved agents, an LLM worker and
+an MCP worker with the reference time server).
 
 Everything started here is stopped here, in reverse order, on Ctrl-C or SIGTERM.
 """
@@ -21,10 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from agentmesh.agents.agent import Agent
+from agentmesh.agents.runtime.worker import RuntimeWorker
 from agentmesh.broker.servers import LocalServer, NatsServer, RedisServer
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.watch import Follower
-from agentmesh.following import MeshFollower, Opened, gateway_part, llm_part, mcp_part
+from agentmesh.following import (
+    MeshFollower,
+    Opened,
+    gateway_part,
+    llm_part,
+    mcp_part,
+    runtime_part,
+)
 from agentmesh.gateway.state import GatewayConfig
 from agentmesh.workers.config import ConfigError
 from agentmesh.workers.executor import Executor
@@ -95,6 +103,7 @@ class LocalMesh:
         worker: LLMWorker | None = None
         tools: MCPWorker | None = None
         executor: Executor | None = None
+        runtime: RuntimeWorker | None = None
         follower: Follower | None = None
         doc = self.file.doc if self.file is not None else None
         stop = asyncio.Event()
@@ -111,6 +120,11 @@ class LocalMesh:
             settings = Settings.from_env(nats_url=nats.url, redis_url=redis.url, prefix=self.prefix)
             executor = Executor()  # durable tasks: before anything that submits them
             await executor.start(settings)
+            section = doc.runtime() if doc is not None else None
+            runtime = RuntimeWorker(
+                section=section, cache_dir=self.data_dir / "runtime" / "skills"
+            )  # saved agents (`POST /v1/agents`) are mesh agents
+            await runtime.start(settings)
             for agent in self._agents(echo):
                 await agent.start(settings)
                 agents.append(agent)
@@ -131,7 +145,7 @@ class LocalMesh:
             agent_ids = [a.agent_id for a in agents]
             print(self.banner(settings, servers, agent_ids, models, tools), flush=True)
             if self.file is not None:
-                follower = self._follow(worker, tools)
+                follower = self._follow(worker, tools, runtime)
                 loop.add_signal_handler(signal.SIGHUP, follower.reload)
             if ready is not None:
                 ready.set()
@@ -154,6 +168,9 @@ class LocalMesh:
             for agent in reversed(agents):
                 with contextlib.suppress(Exception):
                     await agent.stop()
+            if runtime is not None:
+                with contextlib.suppress(Exception):
+                    await runtime.stop()
             if executor is not None:
                 with contextlib.suppress(Exception):
                     await executor.stop()
@@ -217,7 +234,9 @@ class LocalMesh:
             return self._gateway_base
         return self.file.doc.gateway().to_config(self._gateway_base)
 
-    def _follow(self, worker: LLMWorker | None, tools: MCPWorker | None) -> Follower:
+    def _follow(
+        self, worker: LLMWorker | None, tools: MCPWorker | None, runtime: RuntimeWorker | None
+    ) -> Follower:
         assert self.file is not None
         doc = self.file.doc
         parts = []
@@ -227,6 +246,8 @@ class LocalMesh:
             parts.append(llm_part(worker))
         if tools is not None:
             parts.append(mcp_part(tools))
+        if runtime is not None:
+            parts.append(runtime_part(runtime))
         served = {p.section for p in parts}
         restart_only = [
             "servers",
@@ -287,6 +308,7 @@ class LocalMesh:
             f"  prefix {settings.prefix}   data {self.data_dir}",
             f"  agents {', '.join(agents) or '-'}",
             "  tasks  one executor (durable tasks in JetStream)",
+            "  runtime one runtime worker (saved agents: POST /v1/agents, /v1/infer)",
             *self._models_lines(models),
             self._mcp_line(tools),
             "",

@@ -4,6 +4,7 @@
     models:      today's models.yaml list       (agentmesh.workers.llm.config.LLMConfig)
     mcpServers:  today's mcp.json map           (agentmesh.workers.mcp.config.MCPConfig)
     agents:      [module:attr, ...]             (what `agentmesh up` runs)
+    runtime:     saved agents, templates, tool limits (agentmesh.agents.runtime.config)
     servers:     nats/redis ports, data dir     (what `agentmesh up` starts)
 
 agentgateway's simplified format (`llm:`, `mcp:`) is translated on reading (agentgateway.py).
@@ -25,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agentmesh.agentgateway import is_agentgateway, translate, unset_variables
+from agentmesh.agents.runtime.config import RuntimeSection
 from agentmesh.gateway.config import GatewaySection
 from agentmesh.workers.config import (
     ConfigError,
@@ -38,7 +40,7 @@ from agentmesh.workers.mcp.config import MCPConfig, ServerConfig
 
 M = TypeVar("M", bound=BaseModel)
 
-SECTIONS = ("gateway", "models", "mcpServers", "agents", "servers")
+SECTIONS = ("gateway", "models", "mcpServers", "agents", "runtime", "servers")
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
@@ -70,6 +72,9 @@ class MeshConfig(BaseModel):
     )
     agents: list[str] = Field(
         default_factory=list, description="Agents `agentmesh up` runs, as module:attr."
+    )
+    runtime: RuntimeSection | None = Field(
+        None, description="The agent runtime: saved agents, templates, built-in tool limits."
     )
     servers: ServersSection = Field(default_factory=ServersSection)
 
@@ -107,6 +112,11 @@ class MeshDocument:
 
     def gateway(self, environ: Mapping[str, str] | None = None) -> GatewaySection:
         return self._section(GatewaySection, "gateway", environ)
+
+    def runtime(self, environ: Mapping[str, str] | None = None) -> RuntimeSection | None:
+        if not self.has("runtime"):
+            return None
+        return self._section(RuntimeSection, "runtime", environ)
 
     def servers(self, environ: Mapping[str, str] | None = None) -> ServersSection:
         return self._section(ServersSection, "servers", environ)

@@ -17,10 +17,12 @@ from fastapi import FastAPI
 from redis.exceptions import RedisError
 from starlette.routing import Route
 
+from agentmesh.broker.definitions import Definitions
 from agentmesh.broker.durable import DurableState
 from agentmesh.broker.lifecycle import MeshService
 from agentmesh.broker.ratelimit import RateLimiter
 from agentmesh.broker.registry import Registry
+from agentmesh.broker.sessions import SessionStore
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects
 from agentmesh.broker.tasks import TaskStore
@@ -116,6 +118,8 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             limiter=RateLimiter(redis, prefix=settings.prefix),
             tools=ToolDirectory(bus, redis),
             tasks=TaskStore(bus.nc, settings),
+            definitions=Definitions(durable, bus.subjects),
+            sessions=SessionStore(durable, bus.subjects),
         )
         if not config.auth:
             logger.warning(

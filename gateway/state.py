@@ -11,9 +11,11 @@ import redis.asyncio as aioredis
 from starlette.requests import HTTPConnection
 
 from agentmesh.broker.bus import Bus
+from agentmesh.broker.definitions import Definitions
 from agentmesh.broker.durable import DurableState
 from agentmesh.broker.ratelimit import RateLimiter
 from agentmesh.broker.registry import Registry
+from agentmesh.broker.sessions import SessionStore
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.tasks import TaskStore
 from agentmesh.gateway.cors import CORSPolicy
@@ -98,6 +100,8 @@ class GatewayState:
     limiter: RateLimiter
     tools: ToolDirectory
     tasks: TaskStore  # durable tasks and traces (created on first use)
+    definitions: Definitions  # the runtime's saved agents, templates, tools, skills, secrets
+    sessions: SessionStore  # the runtime's sessions
     started_at: float = field(default_factory=time.time)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from agentmesh.agents.client import MeshClient
 from agentmesh.agents.runtime.builtins import Fences
+from agentmesh.agents.runtime.config import RuntimeSection
 from agentmesh.agents.runtime.delegation import EVENT_KEY
 from agentmesh.agents.runtime.lineage import METADATA_KEY, Lineage
 from agentmesh.agents.runtime.registry import ToolRegistry
@@ -50,6 +51,7 @@ from agentmesh.schemas.runtime import (
     EventType,
     InferenceRequest,
     InferenceResult,
+    PromptTemplate,
     StreamEvent,
 )
 from agentmesh.schemas.runtime import Message as ChatMessage
@@ -108,6 +110,8 @@ class RuntimeWorker(MeshService):
     fences: limits of the built-in tools (bash is enabled per agent definition).
     poll: seconds between looks at the stored definitions (a change notice is immediate).
     cache_dir: where skills stored in the mesh are unpacked.
+    section: a mesh file's `runtime:` section (its limits; its agents and templates are saved
+        into the mesh at start).
     """
 
     kind = ServiceKind.RUNTIME_WORKER
@@ -119,9 +123,11 @@ class RuntimeWorker(MeshService):
         fences: Fences | None = None,
         poll: float = DEFAULT_POLL,
         cache_dir: Path | None = None,
+        section: RuntimeSection | None = None,
     ) -> None:
         super().__init__(name)
-        self.fences = fences or Fences()
+        self.fences = fences or (section.fences() if section else Fences())
+        self.section = section
         self.poll = poll
         self.cache_dir = cache_dir or Path(".agentmesh") / "runtime" / "skills"
         self.hosted: dict[str, _Hosted] = {}
@@ -164,8 +170,31 @@ class RuntimeWorker(MeshService):
         self._subs.append(
             await bus.nc.subscribe(bus.subjects.runtime_changed(), cb=self._on_changed)
         )
-        await self.sync()
+        if self.section is not None:
+            await self.apply(self.section)  # syncs
+        else:
+            await self.sync()
         self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
+
+    async def apply(self, section: RuntimeSection) -> None:
+        """Take a mesh file's `runtime:` section: its limits now, and its agents and templates
+        saved into the mesh (every worker serves them; removing one from the file does not
+        delete it from the mesh: use the API or `agentmesh runtime`)."""
+        fences = section.fences()
+        for name in Fences.__slots__:  # in place: the runtime holds this object
+            if name != "bash_enabled":
+                setattr(self.fences, name, getattr(fences, name))
+        assert self.definitions is not None
+        for definition in section.agents:
+            stored = await self.definitions.agent(definition.agent_id)
+            if stored is None or _content(stored) != _content(definition):
+                await self.definitions.put_agent(definition)
+        for entry in section.templates:
+            template = PromptTemplate(**entry.model_dump())
+            stored = await self.definitions.template(entry.id)
+            if stored is None or (stored.name, stored.content) != (entry.name, entry.content):
+                await self.definitions.put_template(template)
+        await self.sync()
 
     async def on_stop(self) -> None:
         if self._poller is not None:
@@ -402,6 +431,10 @@ class RuntimeWorker(MeshService):
             task.cancel()
         if self._running.get(session_id):
             logger.info("aborted the inference of session %s", session_id)
+
+
+def _content(definition: AgentDefinition) -> dict[str, Any]:
+    return definition.model_dump(exclude={"created_at", "updated_at"})
 
 
 def _lineage(delegation: dict[str, Any] | None) -> Lineage:

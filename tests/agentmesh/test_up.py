@@ -4,6 +4,7 @@ the gateway, an LLM worker and an MCP worker (the time server), and stops all of
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import re
@@ -389,3 +390,26 @@ async def test_up_runs_an_executor_so_a_task_for_the_echo_agent_completes(mesh: 
         record = await client.tasks.wait(ref.task_id, timeout=20)
     assert record.status is TaskStatus.COMPLETED, record.error
     assert record.result is not None and record.result.text == "durable hello"
+
+
+async def test_up_runs_a_runtime_worker_so_a_saved_agent_answers_the_cli(
+    mesh: Mesh, agentmesh_exe: str
+) -> None:
+    from agentmesh.broker.definitions import Definitions
+    from agentmesh.broker.durable import DurableState
+    from agentmesh.schemas.runtime import AgentDefinition
+
+    settings = Settings(
+        nats_url=f"nats://127.0.0.1:{mesh.nats_port}",
+        redis_url=f"redis://127.0.0.1:{mesh.redis_port}/0",
+    )
+    async with MeshClient.connect(settings) as client:
+        definitions = Definitions(DurableState(client.bus.nc), client.bus.subjects)
+        await definitions.put_agent(AgentDefinition(agent_id="parrot", model_id="echo"))
+        deadline = time.monotonic() + 10
+        while await client.agent("parrot") is None:  # the worker re-reads on the change notice
+            assert time.monotonic() < deadline, "the saved agent never came online"
+            await asyncio.sleep(0.05)
+    done = await asyncio.to_thread(send, agentmesh_exe, mesh.env, "parrot", "polly wants")
+    assert done.returncode == 0, done.stderr
+    assert "polly wants" in done.stdout
