@@ -5,6 +5,7 @@ from agentmesh.runtime import Runtime, InferenceRequest, Message, ToolConfig, To
 """
 
 from agentmesh.agents.runtime.builtins import Fences
+from agentmesh.agents.runtime.mcp_manager import MCPClientManager
 from agentmesh.agents.runtime.registry import (
     ModelConfig,
     ModelRegistry,
@@ -36,6 +37,7 @@ __all__ = [
     "Fences",
     "InferenceRequest",
     "InferenceResult",
+    "MCPClientManager",
     "Message",
     "ModelConfig",
     "ModelRegistry",

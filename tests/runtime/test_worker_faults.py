@@ -51,8 +51,8 @@ async def test_a_worker_killed_mid_turn_fails_the_call_and_keeps_the_completed_t
     )
     try:
         async with asyncio.timeout(20):
-            while await mesh.agent("memo") is None:
-                await asyncio.sleep(0.05)  # polling the registry until the worker announced it
+            while await mesh.agent("memo") is None:  # noqa: ASYNC110 - the registry has no event
+                await asyncio.sleep(0.05)
         first = await mesh.ask("memo", "I am Ada", conversation_id="chat-9")
         assert first.text == "I am Ada (1 msgs)"
         upstream.started.clear()
