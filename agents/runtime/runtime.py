@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from agentmesh.agents.runtime.toolset import Resolver
 from agentmesh.broker.durable import DurableState
 from agentmesh.broker.sessions import SessionStore
 from agentmesh.broker.settings import Settings
+from agentmesh.schemas.catalog import Catalog
 from agentmesh.schemas.errors import InvalidMessage, MeshError, NotFound
 from agentmesh.schemas.runtime import (
     AgentDefinition,
@@ -49,6 +51,8 @@ from agentmesh.schemas.runtime import (
     SessionStatus,
     StreamEvent,
 )
+
+CATALOG_TTL = 2.0  # seconds an MCP catalog read serves the inferences that follow
 
 
 @dataclass(slots=True)
@@ -59,6 +63,15 @@ class _Connection:
     http: httpx.AsyncClient
     sessions: SessionStore
     owns_mesh: bool
+    _catalog: tuple[float, Catalog] | None = None
+
+    async def catalog(self) -> Catalog:
+        """The MCP workers' catalog, read at most every CATALOG_TTL seconds (a registry read
+        per inference was half of a worker's own time; a tool gone since is a tool error)."""
+        now = time.monotonic()
+        if self._catalog is None or now - self._catalog[0] > CATALOG_TTL:
+            self._catalog = (now, await self.mesh.tools.catalog())
+        return self._catalog[1]
 
 
 class Runtime:
@@ -223,6 +236,7 @@ class Runtime:
             fences=self.fences,
             http=conn.http,
             delegation=Delegation(conn.mesh, self.subagent),
+            catalog=conn.catalog,
         )
         toolset = await resolver.toolset(tool_ids, bash=bash)
         model = self.models.get(model_id)

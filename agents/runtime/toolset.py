@@ -96,6 +96,12 @@ class Resolver:
     fences: builtins.Fences
     http: httpx.AsyncClient
     delegation: Delegation | None = None
+    catalog: Callable[[], Awaitable[Catalog]] | None = None  # default: read it now
+
+    async def _catalog(self) -> Catalog:
+        if self.catalog is not None:
+            return await self.catalog()
+        return await self.mesh.tools.catalog()
 
     async def toolset(self, tool_ids: list[str], *, bash: bool = False) -> Toolset:
         """Raises `ToolNotFound` naming the first id that is nowhere."""
@@ -107,8 +113,11 @@ class Resolver:
                 out.add(found)
                 continue
             if catalog is None:
-                catalog = await self.mesh.tools.catalog()
+                catalog = await self._catalog()
             mcp = _from_catalog(catalog, tool_id)
+            if not mcp and self.catalog is not None:  # not in a cached copy: look again, once
+                catalog = await self.mesh.tools.catalog()
+                mcp = _from_catalog(catalog, tool_id)
             if not mcp:
                 raise ToolNotFound(f"no tool {tool_id!r}", details={"tool_id": tool_id})
             for config in mcp:

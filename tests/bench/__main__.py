@@ -5,7 +5,9 @@ Prints the results as markdown and rewrites their sections of docs/BENCHMARKS.md
 process of its own), `llm` (gateway → bus → LLM worker → a local upstream, against that
 upstream called directly), `mcp` (a tool call on the bus and through the gateway, against the
 `mcp` client calling the same MCP server directly) and `tasks` (`mesh.tasks.submit` through an
-executor to an agent, against raw JetStream). `--profile` instead profiles the SDK path at
+executor to an agent, against raw JetStream) and `runtime` (a saved agent's tool round on
+runtime workers, against a plain Python loop calling the same upstream and MCP server).
+`--profile` instead profiles the SDK path at
 concurrency 64.
 """
 
@@ -29,11 +31,13 @@ from tests.bench import (
     mcp,
     mcp_report,
     report,
+    runtime,
+    runtime_report,
     tasks,
     tasks_report,
 )
 
-SECTIONS = ("bus", "gateway", "llm", "mcp", "tasks")
+SECTIONS = ("bus", "gateway", "llm", "mcp", "tasks", "runtime")
 
 
 def _prefix() -> str:
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("llm", llm.run_all, llm_report.section),
                 ("mcp", mcp.run_all, mcp_report.section),
                 ("tasks", tasks.run_all, tasks_report.section),
+                ("runtime", runtime.run_all, runtime_report.section),
             ):
                 if name in chosen:
                     logs = Path(tmp) / f"{name}-logs"
