@@ -84,3 +84,37 @@ def test_every_error_the_readme_names_is_exported() -> None:
     mesh_errors = {name for name in named if name in vars(errors)}
     assert {"AgentNotFound", "MeshTimeout", "ModelNotFound"} <= mesh_errors
     assert mesh_errors - set(agentmesh.__all__) == set()
+
+
+def test_the_runtime_namespace_is_pinned_and_its_message_is_not_the_mesh_message() -> None:
+    import agentmesh.runtime as runtime
+
+    assert runtime.__all__ == [
+        "AgentDefinition",
+        "EventType",
+        "Fences",
+        "InferenceRequest",
+        "InferenceResult",
+        "MCPClientManager",
+        "Message",
+        "ModelConfig",
+        "ModelRegistry",
+        "PromptTemplate",
+        "PromptTemplateManager",
+        "Runtime",
+        "SessionInfo",
+        "Skill",
+        "SkillManager",
+        "StreamEvent",
+        "ToolCall",
+        "ToolConfig",
+        "ToolRegistry",
+        "ToolType",
+        "Usage",
+        "function_tool",
+        "mcp_config",
+    ]
+    for name in runtime.__all__:
+        assert getattr(runtime, name) is not None
+    assert runtime.Message is not agentmesh.Message
+    assert runtime.Message(role="user", content="hi").role == "user"
