@@ -174,6 +174,7 @@ def runtime(
 def _follow_runtime(name: str, file: Path | None, shared: bool, verbose: bool) -> None:
     from agentmesh.agents.runtime.worker import RuntimeWorker
     from agentmesh.following import Following, log_warnings, open_source, runtime_part
+    from agentmesh.schemas.errors import InvalidMessage
     from agentmesh.workers.config import ConfigError
 
     cli_support.setup_logging(verbose)
@@ -184,10 +185,13 @@ def _follow_runtime(name: str, file: Path | None, shared: bool, verbose: bool) -
         try:
             log_warnings(opened.doc)
             section = opened.doc.runtime()
+            try:
+                worker = RuntimeWorker(name, section=section)
+            except InvalidMessage as exc:
+                raise ConfigError(f"{opened.doc.source}: {exc.message}") from None
         except BaseException:
             await opened.close()
             raise
-        worker = RuntimeWorker(name, section=section)
         await run_until_signal(Following(worker, opened, [runtime_part(worker)]), settings)
 
     try:

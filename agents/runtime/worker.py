@@ -29,7 +29,7 @@ from typing import Any
 
 from agentmesh.agents.client import MeshClient
 from agentmesh.agents.runtime.builtins import Fences
-from agentmesh.agents.runtime.config import RuntimeSection
+from agentmesh.agents.runtime.config import RuntimeSection, load_functions
 from agentmesh.agents.runtime.delegation import EVENT_KEY
 from agentmesh.agents.runtime.lineage import METADATA_KEY, Lineage
 from agentmesh.agents.runtime.registry import ToolRegistry
@@ -134,6 +134,8 @@ class RuntimeWorker(MeshService):
         self.runtime: _WorkerRuntime | None = None
         self.definitions: Definitions | None = None
         self._tools = ToolRegistry()
+        for fn in load_functions(section.function_tools) if section else []:
+            self._tools.register(fn)  # the worker's own function tools, by their names
         self._skills = SkillManager(self._tools)
         self._skill_digests: dict[str, str] = {}
         self._running: dict[str, set[asyncio.Task[Any]]] = {}  # session id → inference tasks
@@ -180,6 +182,8 @@ class RuntimeWorker(MeshService):
         """Take a mesh file's `runtime:` section: its limits now, and its agents and templates
         saved into the mesh (every worker serves them; removing one from the file does not
         delete it from the mesh: use the API or `agentmesh runtime`)."""
+        if self.section is not None and section.function_tools != self.section.function_tools:
+            logger.warning("runtime.function_tools changed: restart the worker to load them")
         fences = section.fences()
         for name in Fences.__slots__:  # in place: the runtime holds this object
             if name != "bash_enabled":
@@ -264,7 +268,8 @@ class RuntimeWorker(MeshService):
         assert self.definitions is not None
         wanted = {r.skill_id: r for r in records}
         for skill_id in [s for s in self._skill_digests if s not in wanted]:
-            self._skills.remove(tool_name(skill_id))
+            # Loaded under its tool name: the id itself when the gateway stored it (skill_<name>).
+            self._skills.remove(skill_id if self._skills.get(skill_id) else tool_name(skill_id))
             del self._skill_digests[skill_id]
         for skill_id, record in wanted.items():
             if self._skill_digests.get(skill_id) == record.digest:
