@@ -93,7 +93,5 @@ async def test_a_long_session_is_summarized_and_the_model_sees_the_summary(
     assert last[-1]["content"].startswith("story 7 ")
     assert len(last) < 2 * 8  # not the whole history
     # The stored turns stay whole.
-    assert (
-        len(await runtime._connections[next(iter(runtime._connections))].sessions.history(session))
-        == 16
-    )
+    sessions = SessionStore(DurableState(mesh.bus.nc), mesh.bus.subjects)
+    assert len(await sessions.history(session)) == 16
