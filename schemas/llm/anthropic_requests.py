@@ -56,12 +56,31 @@ def to_anthropic_request(request: Body, model: str) -> Body:
         )
         if choice is not None:
             out["tool_choice"] = choice
+    else:
+        out.update(_tools_for_history(messages))
     if request.get("service_tier") in ("auto", "standard_only"):  # OpenAI's other tiers differ
         out["service_tier"] = request["service_tier"]
     user = request.get("user") or (request.get("metadata") or {}).get("user_id")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
     return out
+
+
+def _tools_for_history(messages: list[Body]) -> Body:
+    """Anthropic refuses `tool_use`/`tool_result` blocks in a request that defines no tools (an
+    agent's last call after its tool rounds, a summary of a conversation with tool calls): the
+    tools called are defined again, bare, with tool_choice none so that none is called."""
+    names = [
+        block["name"]
+        for message in messages
+        if isinstance(message["content"], list)
+        for block in message["content"]
+        if block.get("type") == "tool_use" and block.get("name")
+    ]
+    if not names:
+        return {}
+    tools = [{"name": name, "input_schema": {"type": "object"}} for name in dict.fromkeys(names)]
+    return {"tools": tools, "tool_choice": {"type": "none"}}
 
 
 def _thinking(request: Body, limit: int | None) -> tuple[Body | None, int]:

@@ -5,43 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agentmesh.agents.client import MeshClient
-from agentmesh.agents.runtime import AgentDefinition, Fences, InferenceRequest, StreamEvent
+from agentmesh.agents.runtime import AgentDefinition, InferenceRequest, StreamEvent
 from agentmesh.agents.runtime.worker import RuntimeWorker
 from agentmesh.broker.definitions import Definitions
 from agentmesh.broker.durable import DurableState
-from agentmesh.broker.settings import Settings
 from agentmesh.schemas.codec import pack, unpack
 from agentmesh.schemas.errors import AgentNotFound, Cancelled
 from agentmesh.schemas.task import TaskStatus
 from tests.conftest import StartExecutor
-from tests.runtime.conftest import StartModel
+from tests.runtime.conftest import StartModel, StartRuntime
 from tests.runtime.scripted_llm import Reply, last_message
-
-StartRuntime = Callable[..., Awaitable[RuntimeWorker]]
-
-
-@pytest.fixture
-async def start_runtime(settings: Settings, tmp_path: Path) -> AsyncIterator[StartRuntime]:
-    running: list[RuntimeWorker] = []
-
-    async def start(**kw: Any) -> RuntimeWorker:
-        kw.setdefault("fences", Fences(workdir_root=tmp_path / "work"))
-        kw.setdefault("cache_dir", tmp_path / f"skills-{len(running)}")
-        worker = RuntimeWorker(**kw)
-        await worker.start(settings)
-        running.append(worker)
-        return worker
-
-    yield start
-    for worker in reversed(running):
-        await worker.stop()
 
 
 @pytest.fixture

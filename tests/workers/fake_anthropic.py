@@ -2,10 +2,11 @@
 
 `FakeAnthropic` answers `POST /v1/messages`: JSON, or server-sent events when `stream` is set.
 It checks a request as Anthropic does (required fields, no unknown ones, a thinking budget below
-max_tokens). Unscripted, it answers with a tool_use for the first tool when tools are offered
-(and no tool result came back yet), else with text; with thinking on, a signed thinking block
-comes first. `script(...)` queues exact content, `fail(...)` queues HTTP failures and
-`break_stream(...)` an `error` event in the next stream. Every request is recorded.
+max_tokens, tools defined when the messages hold tool_use or tool_result blocks). Unscripted,
+it answers with a tool_use for the first tool when tools are offered (and no tool result came
+back yet), else with text; with thinking on, a signed thinking block comes first.
+`script(...)` queues exact content, `fail(...)` queues HTTP failures and `break_stream(...)` an
+`error` event in the next stream. Every request is recorded.
 """
 
 from __future__ import annotations
@@ -163,6 +164,14 @@ def _invalid(body: Any, version: str | None) -> str | None:
             b.get("type") == "text" and not b.get("text") for b in content
         ):
             return "messages: text content blocks must be non-empty"
+    blocks = [
+        b.get("type")
+        for m in body["messages"]
+        if isinstance(m.get("content"), list)
+        for b in m["content"]
+    ]
+    if ("tool_use" in blocks or "tool_result" in blocks) and not body.get("tools"):
+        return "Requests which include `tool_use` or `tool_result` blocks must define tools."
     thinking = body.get("thinking")
     if thinking and thinking.get("budget_tokens", 0) >= body["max_tokens"]:
         return "max_tokens must be greater than thinking.budget_tokens"

@@ -214,6 +214,29 @@ async def test_tool_results_go_back_as_tool_result_blocks_in_one_user_turn(
     assert claude.last["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
 
 
+async def test_a_tool_history_without_tools_defines_the_tools_called_but_lets_none_be_called(
+    mesh: MeshClient, sonnet: str, claude: FakeAnthropic
+) -> None:
+    """Anthropic refuses tool_use/tool_result blocks in a request without tools (an agent's
+    last call after its tool rounds sends none): the tools called are defined, not callable."""
+    call = {
+        "id": "toolu_0",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    messages = [
+        *HELLO,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "toolu_0", "content": "sunny"},
+    ]
+    reply = await mesh.llm(sonnet).chat(messages)
+    assert reply["choices"][0]["message"]["content"] == "the tool said: sunny"
+    assert claude.last["tools"] == [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    assert claude.last["tool_choice"] == {"type": "none"}
+    await mesh.llm(sonnet).chat(HELLO)  # no tool blocks: no tools
+    assert "tools" not in claude.last and "tool_choice" not in claude.last
+
+
 async def test_a_base64_image_becomes_an_image_block(
     mesh: MeshClient, sonnet: str, claude: FakeAnthropic
 ) -> None:
