@@ -47,6 +47,9 @@ class Message(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = None
     thinking: str | None = None
+    # The provider's signed reasoning blocks (Anthropic's), sent back with the message so a
+    # thinking model can go on after a tool call; opaque to the runtime.
+    thinking_blocks: list[dict[str, Any]] = Field(default_factory=list)
     tool_calls: list[ToolCall] = Field(default_factory=list)
     tool_call_id: str | None = None  # role "tool": the call this answers
     name: str | None = None  # role "tool": the tool's name
@@ -92,6 +95,9 @@ class InferenceRequest(BaseModel):
     agent_id: str | None = None
     temperature: float | None = None
     max_tokens: int | None = Field(None, ge=1)
+    reasoning_effort: Literal["low", "medium", "high"] | None = Field(
+        None, description="Turn a thinking model's reasoning on (the LLM workers translate it)."
+    )
     timeout: float | None = Field(None, gt=0, description="Seconds for the whole inference.")
     # Set by the runtime when it delegates to a sub-agent (not by HTTP callers).
     delegation: dict[str, Any] | None = None
@@ -107,7 +113,7 @@ class InferenceRequest(BaseModel):
 
 class EventType(StrEnum):
     CONTENT = "content"  # `content`: a token delta of the answer
-    THINKING = "thinking"  # `thinking`: a delta of the model's reasoning
+    THINKING = "thinking"  # `thinking`: a delta of the model's reasoning (or `thinking_blocks`)
     TOOL_CALL_START = "tool_call_start"  # `tool_call_id`, `tool_name`
     TOOL_CALL_DELTA = "tool_call_delta"  # `tool_call_id`, `arguments` (a JSON fragment)
     TOOL_CALL = "tool_call"  # `tool_call`: the whole call, once the model's turn ended
@@ -134,6 +140,7 @@ class StreamEvent(BaseModel):
     path: list[str] = Field(default_factory=list)
     content: str | None = None
     thinking: str | None = None
+    thinking_blocks: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     tool_name: str | None = None
     arguments: str | None = None
@@ -202,7 +209,9 @@ class InferenceResult(BaseModel):
             if event.type is EventType.CONTENT and assistant is not None:
                 assistant.content = (assistant.content or "") + (event.content or "")
             elif event.type is EventType.THINKING and assistant is not None:
-                assistant.thinking = (assistant.thinking or "") + (event.thinking or "")
+                if event.thinking:
+                    assistant.thinking = (assistant.thinking or "") + event.thinking
+                assistant.thinking_blocks.extend(event.thinking_blocks or [])
             elif event.type is EventType.TOOL_CALL and assistant is not None and event.tool_call:
                 assistant.tool_calls.append(event.tool_call)
             elif event.type is EventType.TOOL_RESULT:
@@ -289,6 +298,7 @@ class AgentDefinition(BaseModel):
     tool_ids: list[str] = Field(default_factory=list)
     skills: list[str] = Field(default_factory=list)  # skill ids stored in the mesh
     system_prompt: str | None = None
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
     prompt_template: str | None = None  # a template rendered as the system prompt
     arguments: dict[str, Any] = Field(default_factory=dict)  # the template's variables
     capabilities: list[str] = Field(default_factory=list)

@@ -20,6 +20,8 @@ def to_openai(system_prompt: str | None, conversation: list[Message]) -> list[di
             out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content or ""})
         elif m.role == "assistant":
             entry: dict[str, Any] = {"role": "assistant", "content": m.content}
+            if m.thinking_blocks:
+                entry["thinking_blocks"] = m.thinking_blocks
             if m.tool_calls:
                 entry["tool_calls"] = [
                     {
@@ -76,6 +78,7 @@ class ModelTurn:
         self.accept_tools = accept_tools
         self.content = ""
         self.thinking = ""
+        self.thinking_blocks: list[dict[str, Any]] = []
         self.finish_reason: str | None = None
         self._calls: dict[int, dict[str, str]] = {}  # index → id, name, arguments so far
 
@@ -97,6 +100,10 @@ class ModelTurn:
             if isinstance(thinking, str) and thinking:
                 self.thinking += thinking
                 events.append(self._event(EventType.THINKING, thinking=thinking))
+            blocks = [b for b in delta.get("thinking_blocks") or [] if isinstance(b, dict)]
+            if blocks:
+                self.thinking_blocks.extend(blocks)
+                events.append(self._event(EventType.THINKING, thinking_blocks=blocks))
             text = delta.get("content")
             if isinstance(text, str) and text:
                 self.content += text
@@ -139,7 +146,7 @@ class ModelTurn:
         return [self._event(EventType.TOOL_CALL, tool_call=call) for call in calls]
 
     def _empty(self, calls: list[ToolCall]) -> bool:
-        return not (self.content or self.thinking or calls)
+        return not (self.content or self.thinking or self.thinking_blocks or calls)
 
     def tool_calls(self) -> list[ToolCall]:
         out = []
@@ -161,6 +168,7 @@ class ModelTurn:
             role="assistant",
             content="" if self._empty(calls) else (self.content or None),
             thinking=self.thinking or None,
+            thinking_blocks=self.thinking_blocks,
             tool_calls=calls,
         )
 

@@ -245,11 +245,13 @@ class Runtime:
             history = await fit_history(
                 conn.sessions, session_id, history, model, conn.mesh.llm(model.alias)
             )
-        params = {
-            k: v
-            for k, v in (("temperature", request.temperature), ("max_tokens", request.max_tokens))
-            if v is not None
-        }
+        effort = request.reasoning_effort or (definition.reasoning_effort if definition else None)
+        chosen = (
+            ("temperature", request.temperature),
+            ("max_tokens", request.max_tokens),
+            ("reasoning_effort", effort),
+        )
+        params = {k: v for k, v in chosen if v is not None}
         return engine.Plan(
             request=request,
             alias=model.alias,

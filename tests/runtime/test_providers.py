@@ -522,3 +522,24 @@ async def test_the_scripted_upstreams_refuse_what_their_apis_refuse(
         await upstream.stop()
     assert answer.status_code == 400
     assert reason in answer.text
+
+
+async def test_reasoning_on_a_thinking_model_sends_its_signed_thinking_back_after_a_tool_call(
+    start_model: StartModel, make_runtime: MakeRuntime
+) -> None:
+    upstream = await start_model(thinking_script(), provider="anthropic")
+    runtime = make_runtime(tool_registry=adding())
+    request = InferenceRequest(
+        model_id="m", tool_ids=["add"], text="1+2?", reasoning_effort="low", max_tokens=4096
+    )
+    events = [e async for e in runtime.ainfer_stream(request)]
+    first, second = upstream.requests
+    assert first["thinking"]["type"] == "enabled"  # reasoning_effort reached the model
+    # The assistant turn goes back starting with its signed thinking block (Anthropic refuses
+    # a tool round of a thinking model otherwise; the scripted upstream checks the signature).
+    assistant = second["messages"][1]
+    assert assistant["content"][0]["type"] == "thinking"
+    assert assistant["content"][0]["thinking"] == "I should add."
+    result = InferenceResult.assemble(events)
+    assert result.content == "It is 3."
+    assert result.messages[1].thinking_blocks[0]["signature"]
