@@ -103,6 +103,15 @@ class Definitions:
         await self.durable.bucket(bucket).put(self._key(name, what), record.model_dump(mode="json"))
         await self.changed()
 
+    async def _create(self, bucket: str, name: str, what: str, record: BaseModel) -> bool:
+        """Store `record` only if there is none under `name`; False if there is one."""
+        created = await self.durable.bucket(bucket).create(
+            self._key(name, what), record.model_dump(mode="json")
+        )
+        if created:
+            await self.changed()
+        return created
+
     async def _delete(self, bucket: str, name: str, what: str) -> bool:
         gone = await self.durable.bucket(bucket).delete(self._key(name, what))
         if gone:
@@ -119,6 +128,10 @@ class Definitions:
     async def put_agent(self, definition: AgentDefinition) -> None:
         await self._put(AGENTS_BUCKET, definition.agent_id, "agent id", definition)
 
+    async def create_agent(self, definition: AgentDefinition) -> bool:
+        """Save a new agent; False if one with its id exists."""
+        return await self._create(AGENTS_BUCKET, definition.agent_id, "agent id", definition)
+
     async def delete_agent(self, agent_id: str) -> bool:
         return await self._delete(AGENTS_BUCKET, agent_id, "agent id")
 
@@ -131,6 +144,10 @@ class Definitions:
 
     async def put_template(self, template: PromptTemplate) -> None:
         await self._put(TEMPLATES_BUCKET, template.id, "template id", template)
+
+    async def create_template(self, template: PromptTemplate) -> bool:
+        """Store a new template; False if one with its id exists."""
+        return await self._create(TEMPLATES_BUCKET, template.id, "template id", template)
 
     async def delete_template(self, template_id: str) -> bool:
         return await self._delete(TEMPLATES_BUCKET, template_id, "template id")
@@ -149,6 +166,13 @@ class Definitions:
     async def tools(self) -> list[ToolConfig]:
         return await self._all(TOOLS_BUCKET, ToolConfig)
 
+    async def tool(self, tool_id: str) -> ToolConfig | None:
+        return await self._one(TOOLS_BUCKET, ToolConfig, tool_id, "tool id")
+
+    async def create_tool(self, tool: ToolConfig) -> bool:
+        """Register a new tool; False if one with its id exists."""
+        return await self._create(TOOLS_BUCKET, tool.tool_id, "tool id", tool)
+
     async def put_tool(self, tool: ToolConfig) -> None:
         await self._put(TOOLS_BUCKET, tool.tool_id, "tool id", tool)
 
@@ -158,6 +182,9 @@ class Definitions:
     # Skills ------------------------------------------------------------------------------------
     async def skills(self) -> list[SkillRecord]:
         return await self._all(SKILLS_BUCKET, SkillRecord)
+
+    async def skill(self, skill_id: str) -> SkillRecord | None:
+        return await self._one(SKILLS_BUCKET, SkillRecord, skill_id, "skill id")
 
     async def put_skill(self, record: SkillRecord, archive: bytes) -> None:
         """Store the zip first, then its record: a reader never sees a record without files."""
@@ -193,7 +220,8 @@ class Definitions:
             except nats.js.errors.BucketNotFoundError:
                 config = api.ObjectStoreConfig(bucket=SKILL_FILES, storage=api.StorageType.FILE)
                 try:
-                    return await js.create_object_store(config=config)
+                    # nats-py sets config.bucket from its first argument, even when None.
+                    return await js.create_object_store(SKILL_FILES, config=config)
                 except nats.js.errors.BadRequestError:
                     return await js.object_store(SKILL_FILES)
 
@@ -211,7 +239,8 @@ class Definitions:
 
 
 def zip_directory(root: Path) -> bytes:
-    """A skill directory as a zip (hidden files left out).
+    """A skill directory as a zip (hidden files left out), the same bytes for the same files
+    (no timestamps): its digest names its content, so a worker's cached copy stays current.
 
     Raises:
         PayloadTooLarge: above `MAX_SKILL_BYTES` or `MAX_SKILL_FILES`.
@@ -224,7 +253,10 @@ def zip_directory(root: Path) -> bytes:
                 count += 1
                 if count > MAX_SKILL_FILES:
                     raise PayloadTooLarge(f"a skill has at most {MAX_SKILL_FILES} files")
-                archive.write(path, str(path.relative_to(root)))
+                info = zipfile.ZipInfo(path.relative_to(root).as_posix())
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = (0o755 if path.stat().st_mode & 0o111 else 0o644) << 16
+                archive.writestr(info, path.read_bytes())
     data = buffer.getvalue()
     if len(data) > MAX_SKILL_BYTES:
         raise PayloadTooLarge(f"a skill's zip is at most {MAX_SKILL_BYTES} bytes")

@@ -125,14 +125,15 @@ class SessionStore:
         error: ErrorInfo | None = None,
         turns_added: int = 0,
     ) -> SessionInfo:
-        """Update the index record and announce the change.
+        """Update the index record and announce the change. A revoked session stays revoked:
+        a later status (the aborted inference's own last one) is ignored.
 
         Raises:
             NotFound: no such session.
         """
         info = await self.require(session_id)
         update: dict[str, Any] = {"updated_at": time.time(), "turns": info.turns + turns_added}
-        if status is not None:
+        if status is not None and info.status is not SessionStatus.REVOKED:
             update["status"] = status
             update["error"] = error if status is SessionStatus.ERROR else None
         if unread is not None:

@@ -117,6 +117,28 @@ class SharedSource:
         """Write a new version; returns its revision."""
         return await self.kv.put(self.key, text.encode())
 
+    async def entry(self) -> tuple[str | None, int]:
+        """The current text and its revision; (None, 0) if none was written (or it was deleted).
+
+        With `put_if`, a read-modify-write that never loses a concurrent writer's change.
+        """
+        try:
+            entry = await self.kv.get(self.key)
+        except nats.js.errors.KeyNotFoundError:  # KeyDeletedError too
+            return None, 0
+        text = None if entry.value is None else entry.value.decode()
+        return text, entry.revision or 0
+
+    async def put_if(self, text: str, revision: int) -> int | None:
+        """Write `text` only if the key is still at `revision` (0: still absent or deleted);
+        the new revision, or None if another write came first (read again and retry)."""
+        try:
+            if revision == 0:
+                return await self.kv.create(self.key, text.encode())
+            return await self.kv.update(self.key, text.encode(), last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+
     async def changes(self) -> AsyncIterator[str]:
         watcher = await self.kv.watch(self.key)
         try:

@@ -29,11 +29,16 @@ from agentmesh.broker.tasks import TaskStore
 from agentmesh.gateway import (
     agents_api,
     anthropic_api,
+    definitions_api,
     errors,
     keys_api,
     migration,
     openai_api,
     openapi,
+    runtime_api,
+    runtime_tools_api,
+    sessions_api,
+    shared_config_api,
     tasks_api,
     tools_api,
     webhooks,
@@ -151,6 +156,12 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.include_router(websocket.router)
     app.include_router(tools_api.router)
     app.include_router(tasks_api.router)
+    app.include_router(runtime_api.router)
+    app.include_router(sessions_api.router)
+    app.include_router(definitions_api.router)
+    app.include_router(runtime_tools_api.router)
+    app.include_router(shared_config_api.router)
+    app.include_router(shared_config_api.models_router)
     # A route, not a mount: a mount answers "/mcp" with a redirect to "/mcp/".
     app.router.routes.append(Route("/mcp", endpoint=mcp))
     openapi.install(app)

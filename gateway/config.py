@@ -8,6 +8,7 @@ gateway:
   ws_idle_timeout: 60      # seconds without a frame before a WebSocket agent is closed
   max_connections: 2000    # connections held at once (503 beyond); needs a restart
   handshake_timeout: 10    # seconds to send a request's headers before the connection is closed
+  allow_mcp_commands: false  # POST /v1/tools/mcp may add stdio servers (programs MCP workers run)
   cors:
     allow_origins: ["https://app.example.com"]
     allow_credentials: true
@@ -60,6 +61,11 @@ class GatewaySection(BaseModel):
         "its next request, to send that request's headers (WebSocket upgrades included); then "
         "it is answered 408 and closed (closed alone if it sent nothing).",
     )
+    allow_mcp_commands: bool = Field(
+        GatewayConfig.allow_mcp_commands,
+        description="`POST /v1/tools/mcp` may add stdio MCP servers (a `command` that every MCP "
+        "worker following the shared config runs); off: only URL servers.",
+    )
 
     def to_config(self, base: GatewayConfig) -> GatewayConfig:
         """`base` (from the environment) with the options this section sets."""
@@ -70,6 +76,7 @@ class GatewaySection(BaseModel):
             "cors",
             "max_connections",
             "handshake_timeout",
+            "allow_mcp_commands",
         }
         changes: dict[str, Any] = {
             name: getattr(self, name) for name in self.model_fields_set & live

@@ -121,6 +121,7 @@ _DESCRIPTIONS: dict[int, tuple[str, dict[str, Any]]] = {
     413: ("PAYLOAD_TOO_LARGE: the body exceeds the gateway's limit.", {}),
     422: ("INVALID_MESSAGE (the request does not match its schema) or TOOL_ERROR.", {}),
     429: ("RATE_LIMIT: the key's request or token budget is spent.", _RETRY_AFTER),
+    499: ("CANCELLED: the call was aborted (an abort, a revoke) before it ended.", {}),
     502: ("INTERNAL: the agent or worker behind the gateway failed.", {}),
     503: ("UNAVAILABLE: NATS, Redis or the serving instance is unreachable.", _RETRY_AFTER),
     504: ("TIMEOUT: no reply before the deadline.", {}),
@@ -176,8 +177,20 @@ _ANTHROPIC_TYPES = {
 }
 
 
-# The mesh's own routes under /v1/ (the others there are OpenAI's).
-_MESH_V1 = ("/v1/tools", "/v1/tasks", "/v1/traces", "/v1/workspaces")
+# The mesh's own routes under /v1/ (the others there are OpenAI's; /v1/models, writes included).
+_MESH_V1 = (
+    "/v1/tools",
+    "/v1/tasks",
+    "/v1/traces",
+    "/v1/workspaces",
+    "/v1/agents",
+    "/v1/prompt-templates",
+    "/v1/skills",
+    "/v1/mcp-servers",
+    "/v1/env",
+    "/v1/infer",
+    "/v1/sessions",
+)
 
 
 def api_of(path: str) -> str:

@@ -44,6 +44,9 @@ class GatewayConfig:
     # AGENTMESH_GATEWAY_HANDSHAKE_TIMEOUT: seconds a connection has to deliver a request's
     # headers (WebSocket upgrades included) before it is closed; applies to new connections live.
     handshake_timeout: float = 10.0
+    # AGENTMESH_GATEWAY_ALLOW_MCP_COMMANDS: `POST /v1/tools/mcp` may add stdio MCP servers (a
+    # `command` every MCP worker following the shared config runs); off: URL servers only.
+    allow_mcp_commands: bool = False
 
     def apply(self, new: GatewayConfig) -> list[str]:
         """Take `new`'s values in place (every holder sees them at once); the names changed."""
@@ -57,7 +60,8 @@ class GatewayConfig:
         import os
 
         env = os.environ if environ is None else environ
-        auth = env.get("AGENTMESH_AUTH", "off").strip().lower() in {"on", "1", "true", "yes"}
+        auth = _flag(env.get("AGENTMESH_AUTH", "off"))
+        allow_mcp_commands = _flag(env.get("AGENTMESH_GATEWAY_ALLOW_MCP_COMMANDS", "off"))
         admin_token = env.get("AGENTMESH_ADMIN_TOKEN", "").strip() or None
         if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN_LEN:
             raise ValueError(
@@ -86,7 +90,12 @@ class GatewayConfig:
             ws_idle_timeout=idle,
             max_connections=most,
             handshake_timeout=handshake,
+            allow_mcp_commands=allow_mcp_commands,
         )
+
+
+def _flag(text: str) -> bool:
+    return text.strip().lower() in {"on", "1", "true", "yes"}
 
 
 @dataclass

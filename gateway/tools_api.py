@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentmesh.broker.subjects import ID_PATTERN
 from agentmesh.gateway.auth import Principal, Scope, require
 from agentmesh.gateway.errors import AUTH_STATUSES, BODY_STATUSES, responses
+from agentmesh.gateway.runtime_tools_api import registered_tools
 from agentmesh.gateway.state import GatewayState, get_state
 from agentmesh.schemas.catalog import CatalogTool
 from agentmesh.schemas.errors import ToolError
@@ -62,7 +63,9 @@ async def list_tools(
     state: GatewayState = Depends(get_state),
     principal: Principal = Depends(require(Scope.AGENTS_READ)),
 ) -> dict[str, Any]:
-    """The federated catalog: every tool the key may use, and the servers behind them."""
+    """The federated catalog: every tool the key may use, and the servers behind them; plus
+    `registered`, the tools registered for the runtime (HTTP tools, skills: POST /v1/tools,
+    POST /v1/tools/skill)."""
     catalog = await state.tools.catalog(fresh=True)
     tools = await state.tools.visible(principal)
     servers = [
@@ -76,7 +79,13 @@ async def list_tools(
         for server in sorted(catalog.servers.values(), key=lambda s: s.name)
         if principal.tools is None or any(t.server == server.name for t in tools)
     ]
-    return {"object": "list", "data": [describe(t) for t in tools], "servers": servers}
+    registered = await registered_tools(state, principal)
+    return {
+        "object": "list",
+        "data": [describe(t) for t in tools],
+        "servers": servers,
+        "registered": registered,
+    }
 
 
 @router.post("/v1/tools/call", responses=responses(*BODY_STATUSES, 404, 504))

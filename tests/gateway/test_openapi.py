@@ -28,6 +28,14 @@ SEED = 20260310  # the same requests on every run: a failure here reproduces
 MAX_EXAMPLES = 10  # per operation and phase
 DEADLINE = 90.0  # seconds for the whole run; one pass takes 50-65 on a shared 2-core box
 TASK_STATUSES = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
+INFER_STATUSES = ["2xx", "3xx", "4xx", "503", "504"]
+DEFINITION_STATUSES = ["2xx", "3xx", "400", "401", "403", "404", "409", "413", "429", "5xx"]
+DEFINITION_CHECKS = [
+    ("PUT", "/v1/agents/{agent_id}"),
+    ("PUT", "/v1/tools/{tool_id}"),
+    ("PUT", "/v1/models/{model_id}"),
+    ("POST", "/v1/tools/skill"),
+]
 # `printable` (CreateKeyRequest.name) is Python's str.isprintable, which no pattern spells.
 PRINTABLE = st.text(
     st.characters(categories=["L", "M", "N", "P", "S"], include_characters=" "),
@@ -85,7 +93,30 @@ def fuzz(url: str, key: str, key_id: str) -> list[str]:
                     "include-path": "/v1/tasks",
                     "include-method": "POST",
                     "checks": {"positive_data_acceptance": {"expected-statuses": TASK_STATUSES}},
-                }
+                },
+                {
+                    # No runtime worker runs here: an inference is the documented 503
+                    # UNAVAILABLE ("no runtime worker is running"), tested in test_runtime_api.
+                    "include-path-regex": "^/v1/infer(/stream)?$",
+                    "checks": {"not_a_server_error": {"expected-statuses": INFER_STATUSES}},
+                },
+                {
+                    # A live feed, ended only by the replica's shutdown: its first event.
+                    "include-path": "/v1/sessions/events",
+                    "max-stream-events": 1,
+                },
+                *(
+                    # A body's id must be the path's, and a skill's files must hold a SKILL.md
+                    # with a front matter (else 400): no schema can say so.
+                    {
+                        "include-path": path,
+                        "include-method": method,
+                        "checks": {
+                            "positive_data_acceptance": {"expected-statuses": DEFINITION_STATUSES}
+                        },
+                    }
+                    for method, path in DEFINITION_CHECKS
+                ),
             ],
         }
     )
