@@ -27,6 +27,7 @@ class FakeOpenAI(FakeServer):
         self.latency = latency
         self.chunk_delay = chunk_delay  # seconds between streamed chunks: a slow generation
         self.requests: list[dict[str, Any]] = []
+        self.peers: list[int | None] = []  # each request's client port: one per connection
         self.failures: list[tuple[int, float | None]] = []
         super().__init__([Route("/v1/chat/completions", self._chat, methods=["POST"])])
 
@@ -40,6 +41,7 @@ class FakeOpenAI(FakeServer):
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append({"body": body, "headers": dict(request.headers)})
+        self.peers.append(request.client.port if request.client else None)
         if self.latency:
             await asyncio.sleep(self.latency)  # the upstream's own latency, part of the script
         if self.failures:

@@ -66,6 +66,16 @@ async def test_streaming_through_an_openai_compatible_upstream_ends_with_usage(
     assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
 
 
+async def test_streamed_calls_reuse_the_upstream_connection(
+    mesh: MeshClient, start_worker: StartWorker, upstream: FakeOpenAI
+) -> None:
+    await start_worker({"models": [openai_model("m", upstream)]})
+    for _ in range(3):
+        assert [c async for c in await mesh.llm("m").chat(HELLO, stream=True)]
+    # One keep-alive connection: each stream was read to its end, not closed after [DONE].
+    assert len(set(upstream.peers)) == 1, upstream.peers
+
+
 async def test_failover_follows_priority_and_the_cooldown_is_shared_by_all_workers(
     mesh: MeshClient, start_worker: StartWorker
 ) -> None:

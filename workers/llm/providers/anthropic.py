@@ -16,6 +16,7 @@ from agentmesh.workers.llm.providers.base import (
     Body,
     ProviderError,
     check_response,
+    drain,
     post_json,
     transport_error,
 )
@@ -71,13 +72,15 @@ class AnthropicProvider:
             ) as response:
                 if response.status_code >= 400:
                     check_response(self.deployment, response, await response.aread())
-                async for line in response.aiter_lines():
+                lines = response.aiter_lines()
+                async for line in lines:
                     if not line.startswith("data:"):
                         continue  # event names repeat the data's `type`; blank separators
                     event = self._event(line[5:].strip())
                     for chunk in chunks.feed(event):
                         yield chunk
                     if chunks.done:
+                        await drain(lines)
                         return
         except httpx.HTTPError as exc:
             raise transport_error(self.deployment, exc) from None

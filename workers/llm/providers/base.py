@@ -98,5 +98,13 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: rare for APIs; fall back to the default cooldown
 
 
+async def drain(lines: AsyncIterator[str]) -> None:
+    """Read a streamed response to its end after its last event: a response closed before its
+    end closes its connection too, and the next call would open a new one (a TCP connect, and
+    TLS, per streamed call)."""
+    async for _ in lines:
+        pass
+
+
 def completion_id() -> str:
     return f"chatcmpl-{time.time_ns():x}"

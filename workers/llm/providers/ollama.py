@@ -21,6 +21,7 @@ from agentmesh.workers.llm.providers.base import (
     ProviderError,
     check_response,
     completion_id,
+    drain,
     post_json,
     transport_error,
 )
@@ -65,7 +66,8 @@ class OllamaProvider:
             ) as response:
                 if response.status_code >= 400:
                     check_response(self.deployment, response, await response.aread())
-                async for line in response.aiter_lines():
+                lines = response.aiter_lines()
+                async for line in lines:
                     if not line.strip():
                         continue
                     try:
@@ -84,6 +86,7 @@ class OllamaProvider:
                     for chunk in chunks.feed(data):
                         yield chunk
                     if data.get("done"):
+                        await drain(lines)
                         return
         except httpx.HTTPError as exc:
             raise transport_error(self.deployment, exc) from None

@@ -12,6 +12,7 @@ from agentmesh.workers.llm.providers.base import (
     Body,
     ProviderError,
     check_response,
+    drain,
     post_json,
     transport_error,
 )
@@ -44,11 +45,13 @@ class OpenAIProvider:
             ) as response:
                 if response.status_code >= 400:
                     check_response(self.deployment, response, await response.aread())
-                async for line in response.aiter_lines():
+                lines = response.aiter_lines()
+                async for line in lines:
                     if not line.startswith("data:"):
                         continue  # SSE comments, event names and blank separators
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        await drain(lines)
                         return
                     try:
                         chunk = json.loads(data)
