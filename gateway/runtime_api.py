@@ -23,7 +23,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import nats.errors
 from fastapi import APIRouter, Depends
@@ -97,6 +97,9 @@ class InferBody(BaseModel):
     )
     temperature: float | None = None
     max_tokens: int | None = Field(None, ge=1)
+    reasoning_effort: Literal["low", "medium", "high"] | None = Field(
+        None, description="Turn a thinking model's reasoning on."
+    )
     timeout: float | None = Field(None, gt=0, description="Seconds for the whole inference.")
 
     def request(self) -> InferenceRequest:
