@@ -72,7 +72,7 @@ def create(
         None,
         "--scope",
         "-s",
-        help="agents:read, send, connect or admin; repeat or comma-separate. "
+        help="agents:read, send, connect, define or admin; repeat or comma-separate. "
         "Default: agents:read, send, connect.",
     ),
     rate_limit: str | None = typer.Option(

@@ -29,6 +29,9 @@ class Scope(StrEnum):
     AGENTS_READ = "agents:read"  # list and inspect agents, status
     SEND = "send"  # send messages to agents (HTTP, webhooks excluded)
     CONNECT = "connect"  # attach as an agent over WebSocket
+    # Save the runtime's agents, prompt templates, HTTP tools and skills (an agent with bash
+    # enabled needs admin).
+    DEFINE = "define"
     ADMIN = "admin"  # everything, including key management
 
 

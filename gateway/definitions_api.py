@@ -3,8 +3,9 @@ prompt templates and secrets, stored in JetStream (broker/definitions.py). HTTP 
 are in runtime_tools_api.py, models and MCP servers (the shared config) in shared_config_api.py.
 
 Every write tells the runtime workers at once: a saved agent is a mesh agent within a second or
-so, served by every worker. Reads need `agents:read`, writes (and everything under `/v1/env`)
-`admin`. Errors use the mesh's format (`{"error": {"code", "message", "details"}}`).
+so, served by every worker. Reads need `agents:read`, writes `define` (with auth off, anyone
+may), an agent with `enable_bash` and everything under `/v1/env` `admin`. Errors use the mesh's
+format (`{"error": {"code", "message", "details"}}`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from fastapi import APIRouter, Depends
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from starlette.convertors import Convertor, register_url_convertor
+from starlette.requests import HTTPConnection, Request
 
 from agentmesh.broker.subjects import ID_PATTERN
 from agentmesh.gateway.auth import Principal, Scope, require
 from agentmesh.gateway.errors import AUTH_STATUSES, BODY_STATUSES, responses
 from agentmesh.gateway.state import GatewayState, get_state
-from agentmesh.schemas.errors import Conflict, InvalidMessage, NotFound
+from agentmesh.schemas.errors import Conflict, Forbidden, InvalidMessage, NotFound, Unauthorized
 from agentmesh.schemas.runtime import AgentDefinition, AgentLimits, PromptTemplate
 
 router = APIRouter(tags=["definitions"], responses=responses(*AUTH_STATUSES))
@@ -152,14 +154,17 @@ async def get_agent(
     responses=responses(*BODY_STATUSES, 409),
 )
 async def create_agent(
+    conn: Request,
     body: AgentBody,  # type: ignore[valid-type]
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.ADMIN)),
+    _: Principal = Depends(require(Scope.DEFINE)),
 ) -> AgentDefinition:
     """Save an agent: every runtime worker serves it as a mesh agent (`/gateway/send`, tasks,
-    delegation). 409 CONFLICT if a saved agent has its id, or a program serves that id."""
+    delegation). 409 CONFLICT if a saved agent has its id, or a program serves that id; 403 for
+    `enable_bash` without the admin scope (bash runs commands on the workers' machines)."""
     now = time.time()
     definition = AgentDefinition(**body.model_dump(), created_at=now, updated_at=now)
+    await bash_needs_admin(definition, conn)
     presence = await state.registry.agent(definition.agent_id)
     if presence is not None and any(i.via != "runtime" for i in presence.instances):
         raise Conflict(
@@ -181,10 +186,11 @@ async def create_agent(
     responses=responses(*BODY_STATUSES, 404),
 )
 async def replace_agent(
+    conn: Request,
     body: AgentUpdate,  # type: ignore[valid-type]
     agent_id: str = id_param("saved agent's id"),
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.ADMIN)),
+    _: Principal = Depends(require(Scope.DEFINE)),
 ) -> AgentDefinition:
     """Replace a saved agent's definition; its next call uses it (calls in flight finish)."""
     same_id(body.agent_id, agent_id, "agent_id")  # type: ignore[attr-defined]
@@ -193,6 +199,7 @@ async def replace_agent(
     definition = AgentDefinition(
         **fields, created_at=stored.created_at, updated_at=max(time.time(), stored.updated_at)
     )
+    await bash_needs_admin(definition, conn)
     await state.definitions.put_agent(definition)
     return definition
 
@@ -203,11 +210,26 @@ async def replace_agent(
 async def delete_agent(
     agent_id: str = id_param("saved agent's id"),
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.ADMIN)),
+    _: Principal = Depends(require(Scope.DEFINE)),
 ) -> None:
     """Delete a saved agent: every worker stops serving it (it goes offline)."""
     if not await state.definitions.delete_agent(agent_id):
         raise missing("saved agent", agent_id)
+
+
+async def bash_needs_admin(definition: AgentDefinition, conn: HTTPConnection) -> None:
+    """An agent with bash runs commands on the workers' machines: saving one takes what an
+    admin route takes (an admin key, or the admin token; with auth off, the token)."""
+    if not definition.enable_bash:
+        return
+    try:
+        await require(Scope.ADMIN)(conn)
+    except (Unauthorized, Forbidden) as exc:
+        raise Forbidden(
+            f"an agent with enable_bash runs commands on the runtime workers: saving one needs "
+            f"the admin scope ({exc.message})",
+            details={"scope": Scope.ADMIN.value, "field": "enable_bash"},
+        ) from None
 
 
 async def _stored_agent(state: GatewayState, agent_id: str) -> AgentDefinition:
@@ -274,7 +296,7 @@ async def get_template(
 async def create_template(
     body: TemplateBody,
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.ADMIN)),
+    _: Principal = Depends(require(Scope.DEFINE)),
 ) -> PromptTemplate:
     """Store a template; a user message names it (by id or name) in `prompt_template`, with its
     variables in `arguments`. 409 CONFLICT if its id or name is taken."""
@@ -295,7 +317,7 @@ async def replace_template(
     body: TemplateUpdate,
     template_id: str = id_param("template's id"),
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.ADMIN)),
+    _: Principal = Depends(require(Scope.DEFINE)),
 ) -> PromptTemplate:
     stored = await _stored_template(state, template_id)
     template = PromptTemplate(
@@ -320,7 +342,7 @@ async def replace_template(
 async def delete_template(
     template_id: str = id_param("template's id"),
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.ADMIN)),
+    _: Principal = Depends(require(Scope.DEFINE)),
 ) -> None:
     if not await state.definitions.delete_template(template_id):
         raise missing("prompt template", template_id)

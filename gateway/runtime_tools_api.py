@@ -113,7 +113,7 @@ def _tool(tool_id: str, body: ToolUpdate) -> ToolConfig:
 async def register_tool(
     body: ToolBody,
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.ADMIN)),
+    _: Principal = Depends(require(Scope.DEFINE)),
 ) -> ToolConfig:
     """Register an HTTP tool for the runtime: agents and inferences name it in `tool_ids`.
     409 CONFLICT if the id is taken, or is a built-in's (bash, fetch, delegate, ...)."""
@@ -133,7 +133,7 @@ async def register_tool(
 async def delete_tools(
     body: BatchDelete,
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.ADMIN)),
+    _: Principal = Depends(require(Scope.DEFINE)),
 ) -> BatchDeleted:
     """Delete several registered tools; the ones that were not registered are `missing`."""
     out = BatchDeleted(deleted=[], missing=[])
@@ -152,7 +152,7 @@ async def replace_tool(
     body: ToolUpdateBody,
     tool_id: str = PathParam(pattern=TOOL_ID),
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.ADMIN)),
+    _: Principal = Depends(require(Scope.DEFINE)),
 ) -> ToolConfig:
     same_id(body.tool_id, tool_id, "tool_id")
     if await state.definitions.tool(tool_id) is None:
@@ -168,7 +168,7 @@ async def replace_tool(
 async def delete_tool(
     tool_id: str = id_param("registered tool's id"),
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.ADMIN)),
+    _: Principal = Depends(require(Scope.DEFINE)),
 ) -> None:
     if not await state.definitions.delete_tool(tool_id):
         raise missing("registered tool", tool_id)
@@ -235,7 +235,7 @@ async def register_skill(
     body: SkillBody,
     response: Response,
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.ADMIN)),
+    _: Principal = Depends(require(Scope.DEFINE)),
 ) -> SkillInfo:
     """Register a skill (a directory with SKILL.md, its front matter naming `name` and
     `description`): `archive` or `files`. Its id is `skill_<name>`; a saved agent lists it in
@@ -270,7 +270,7 @@ async def list_skills(
 async def delete_skill(
     skill_id: str = id_param("skill's id (skill_<name>)"),
     state: GatewayState = Depends(get_state),
-    _: Principal = Depends(require(Scope.ADMIN)),
+    _: Principal = Depends(require(Scope.DEFINE)),
 ) -> None:
     if not await state.definitions.delete_skill(skill_id):
         raise missing("skill", skill_id)

@@ -150,11 +150,22 @@ async def test_agent_routes_answer_conflicts_missing_ones_and_mismatched_ids(
     # Bodies are typed as documented: `false` is not 0.
     strict = await http.post("/v1/agents", json={**body, "limits": {"max_tool_rounds": False}})
     assert strict.status_code == 422
-    # Reads are open to agents:read (anonymous here, auth off); writes need admin.
+    # Reads are open to agents:read and writes to `define` (anonymous has both with auth off);
+    # an agent with bash enabled needs admin.
     async with httpx.AsyncClient(base_url=gateway.url) as anonymous:
         assert (await anonymous.get("/v1/agents/a1")).status_code == 200
-        refused = await anonymous.delete("/v1/agents/a1")
-        assert refused.status_code == 401
+        bash = {"agent_id": "a9", "model_id": "m", "enable_bash": True}
+        refused = await anonymous.post("/v1/agents", json=bash)
+        assert refused.status_code in (401, 403), refused.text
+        assert "enable_bash" in refused.text
+        assert (
+            await anonymous.put("/v1/agents/a1", json=bash | {"agent_id": "a1"})
+        ).status_code in (401, 403)
+        assert (
+            await anonymous.post("/v1/agents", json={"agent_id": "a8", "model_id": "m"})
+        ).status_code == 201
+        assert (await anonymous.delete("/v1/agents/a8")).status_code == 204
+    assert (await http.post("/v1/agents", json=bash)).status_code == 201  # the admin token
     assert (await http.delete("/v1/agents/a1")).status_code == 204
 
 
