@@ -70,7 +70,7 @@ class Definitions:
     async def version(self) -> tuple[int, ...]:
         """The buckets' last sequences: changes when anything in them changes."""
         out = []
-        for bucket in (AGENTS_BUCKET, TEMPLATES_BUCKET, TOOLS_BUCKET, SKILLS_BUCKET):
+        for bucket in (AGENTS_BUCKET, TEMPLATES_BUCKET, TOOLS_BUCKET, SKILLS_BUCKET, ENV_BUCKET):
             with self.durable.calling(f"reading {bucket}"):
                 try:
                     info = await self.durable.js.stream_info(f"KV_{bucket}")

@@ -35,6 +35,9 @@ class Fences:
     fetch_timeout: float = 15.0
     fetch_max_bytes: int = 1024 * 1024
     fetch_allow_private: bool = False
+    # The runtime's secrets (`/v1/env`), given to bash commands as environment variables, as the
+    # seed's env.json is (only agents with bash enabled run commands at all).
+    env: dict[str, str] = field(default_factory=dict)
 
 
 BASH = ToolConfig(
@@ -78,7 +81,12 @@ async def run_bash(command: str, *, cwd: Path, fences: Fences) -> str:
         raise Forbidden("the bash tool is not enabled for this agent")
     if not isinstance(command, str) or not command.strip():
         raise InvalidMessage("bash needs a 'command'")
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "LANG": "C.UTF-8"}
+    env = {
+        **fences.env,
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(cwd),
+        "LANG": "C.UTF-8",
+    }
     proc = await asyncio.create_subprocess_exec(
         "bash",
         "-c",

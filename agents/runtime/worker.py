@@ -186,7 +186,7 @@ class RuntimeWorker(MeshService):
             logger.warning("runtime.function_tools changed: restart the worker to load them")
         fences = section.fences()
         for name in Fences.__slots__:  # in place: the runtime holds this object
-            if name != "bash_enabled":
+            if name not in ("bash_enabled", "env"):
                 setattr(self.fences, name, getattr(fences, name))
         assert self.definitions is not None
         for definition in section.agents:
@@ -240,6 +240,7 @@ class RuntimeWorker(MeshService):
             return
         await self._sync_tools()
         await self._sync_skills(await self.definitions.skills())
+        self.fences.env = await self.definitions.env()
         wanted = {d.agent_id: d for d in await self.definitions.agents()}
         for agent_id in [a for a in self.hosted if a not in wanted]:
             await self._unhost(agent_id)

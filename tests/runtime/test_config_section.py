@@ -13,11 +13,13 @@ from agentmesh.agents.runtime import InferenceRequest, ModelConfig, ModelRegistr
 from agentmesh.agents.runtime.config import RuntimeSection, load_functions
 from agentmesh.agents.runtime.context import SUMMARY_PREFIX
 from agentmesh.agents.runtime.worker import RuntimeWorker
+from agentmesh.broker.definitions import Definitions
 from agentmesh.broker.durable import DurableState
 from agentmesh.broker.sessions import SessionStore
 from agentmesh.broker.settings import Settings
 from agentmesh.schemas.errors import InvalidMessage
-from tests.runtime.conftest import MakeRuntime, StartModel
+from agentmesh.schemas.runtime import AgentDefinition
+from tests.runtime.conftest import MakeRuntime, StartModel, StartRuntime
 from tests.runtime.scripted_llm import Reply, last_message, tool_names
 
 
@@ -95,3 +97,25 @@ async def test_a_long_session_is_summarized_and_the_model_sees_the_summary(
     # The stored turns stay whole.
     sessions = SessionStore(DurableState(mesh.bus.nc), mesh.bus.subjects)
     assert len(await sessions.history(session)) == 16
+
+
+async def test_secrets_reach_the_bash_of_an_agent_that_enables_it(
+    start_model: StartModel, start_runtime: StartRuntime, mesh: MeshClient
+) -> None:
+    def brain(body: dict[str, Any]) -> Reply:
+        last = last_message(body)
+        if last["role"] == "tool":
+            return Reply(content=last["content"])
+        return Reply(tool_calls=[("bash", {"command": "echo token=$SERVICE_TOKEN"})])
+
+    await start_model(brain)
+    definitions = Definitions(DurableState(mesh.bus.nc), mesh.bus.subjects)
+    await definitions.set_env("SERVICE_TOKEN", "abc123")
+    await definitions.put_agent(
+        AgentDefinition(agent_id="ops", model_id="m", tool_ids=["bash"], enable_bash=True)
+    )
+    await definitions.put_agent(AgentDefinition(agent_id="plain", model_id="m", tool_ids=["bash"]))
+    await start_runtime()
+    assert (await mesh.ask("ops", "token?")).text == "exit code: 0\ntoken=abc123\n"
+    refused = (await mesh.ask("plain", "token?")).text
+    assert "not enabled" in refused and "abc123" not in refused
