@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.gateway.conftest import StartGateway, start_gateway  # noqa: F401 - the fixture
 from tests.mcp.fixtures import TIME, StartMCPWorker
-from tests.runtime.conftest import StartModel
+from tests.runtime.conftest import StartModel, StartRuntime
 from tests.runtime.scripted_llm import Reply, last_message, tool_names
 
 
@@ -52,13 +54,16 @@ def example_brain(body: dict[str, Any]) -> Reply:
     return Reply(content=f"Answer: {text}")
 
 
-async def run_example(name: str, env: dict[str, str], *args: str) -> str:
+async def run_example(
+    name: str, env: dict[str, str], *args: str, cwd: Path | None = None, **extra: str
+) -> str:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         f"agentmesh.agents.examples.runtime.{name}",
         *args,
-        env={**env, "MODEL": "m"},
+        env={**env, "MODEL": "m", **extra},
+        cwd=cwd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -69,7 +74,7 @@ async def run_example(name: str, env: dict[str, str], *args: str) -> str:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    assert proc.returncode == 0, err.decode()
+    assert proc.returncode == 0, err.decode() + out.decode()
     return out.decode()
 
 
@@ -122,3 +127,40 @@ async def test_multi_agents(
     assert "[plan] Answer: MainAgent:" in out
     sub = next(r for r in upstream.requests if "delegated" in str(r["messages"][0]))
     assert "| time_get_current_time |" in sub["messages"][0]["content"]
+
+
+async def test_stream_as_infer_over_http(
+    start_model: StartModel,
+    start_mcp_worker: StartMCPWorker,
+    start_runtime: StartRuntime,
+    start_gateway: StartGateway,  # noqa: F811
+    env_for: dict[str, str],
+) -> None:
+    await start_mcp_worker({"time": TIME})
+    # Deterministic, so that the two calls can be the same: no clock reading, no call ids.
+    await start_model(lambda body: Reply(thinking="The user wants the time.", content="Noon."))
+    await start_runtime()
+    replica = await start_gateway()
+    out = await run_example("stream_as_infer", env_for, "--compare", GATEWAY=replica.url)
+    assert out.startswith("Noon.\n")
+    assert '"thinking": "The user wants the time."' in out
+    assert "identical to /v1/infer" in out
+
+
+async def test_vlm_tool_call(
+    start_model: StartModel, env_for: dict[str, str], tmp_path: Path
+) -> None:
+    def vision_brain(body: dict[str, Any]) -> Reply:
+        last = last_message(body)
+        if last["role"] == "tool":
+            return Reply(content=f"done: {last['content'].splitlines()[1]}")
+        parts = last["content"]
+        assert parts[1]["type"] == "image_url"  # the image reached the vision model
+        return Reply(
+            tool_calls=[("bash", {"command": "echo the image said hello > out.txt; cat out.txt"})]
+        )
+
+    await start_model(vision_brain)
+    out = await run_example("vlm_tool_call", env_for, cwd=tmp_path)
+    assert "called bash:" in out and out.strip().endswith("done: the image said hello")
+    assert list((tmp_path / ".agentmesh" / "runtime" / "work").glob("sess-*/out.txt"))
