@@ -147,6 +147,23 @@ class Logged(logging.Handler):
 StartAgent = Callable[..., Awaitable[Agent]]
 
 
+async def wait_agent(
+    mesh: MeshClient, agent_id: str, instances: int = 1, *, timeout: float = 20
+) -> None:
+    """Return once `agent_id` has `instances` instances in the registry: read it at each of
+    the agent's presence events (subscribed before the first read, so none is missed)."""
+    sub = await mesh.bus.nc.subscribe(mesh.bus.subjects.presence_events(agent_id))
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                presence = await mesh.agent(agent_id)
+                if (len(presence.instances) if presence else 0) == instances:
+                    return
+                await sub.next_msg(timeout=None)
+    finally:
+        await sub.unsubscribe()
+
+
 @pytest.fixture
 async def mesh(settings: Settings) -> AsyncIterator[MeshClient]:
     async with MeshClient.connect(settings, sender_id="tester") as client:

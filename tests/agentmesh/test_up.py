@@ -398,6 +398,7 @@ async def test_up_runs_a_runtime_worker_so_a_saved_agent_answers_the_cli(
     from agentmesh.broker.definitions import Definitions
     from agentmesh.broker.durable import DurableState
     from agentmesh.schemas.runtime import AgentDefinition
+    from tests.conftest import wait_agent
 
     settings = Settings(
         nats_url=f"nats://127.0.0.1:{mesh.nats_port}",
@@ -406,10 +407,7 @@ async def test_up_runs_a_runtime_worker_so_a_saved_agent_answers_the_cli(
     async with MeshClient.connect(settings) as client:
         definitions = Definitions(DurableState(client.bus.nc), client.bus.subjects)
         await definitions.put_agent(AgentDefinition(agent_id="parrot", model_id="echo"))
-        deadline = time.monotonic() + 10
-        while await client.agent("parrot") is None:  # the worker re-reads on the change notice
-            assert time.monotonic() < deadline, "the saved agent never came online"
-            await asyncio.sleep(0.05)
+        await wait_agent(client, "parrot")  # the worker re-reads on the change notice
     done = await asyncio.to_thread(send, agentmesh_exe, mesh.env, "parrot", "polly wants")
     assert done.returncode == 0, done.stderr
     assert "polly wants" in done.stdout

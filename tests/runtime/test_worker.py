@@ -17,7 +17,7 @@ from agentmesh.broker.durable import DurableState
 from agentmesh.schemas.codec import pack, unpack
 from agentmesh.schemas.errors import AgentNotFound, Cancelled
 from agentmesh.schemas.task import TaskStatus
-from tests.conftest import StartExecutor
+from tests.conftest import StartExecutor, wait_agent
 from tests.runtime.conftest import StartModel, StartRuntime
 from tests.runtime.scripted_llm import Reply, last_message
 
@@ -37,12 +37,7 @@ async def synced(*workers: RuntimeWorker) -> None:
 
 
 async def online(mesh: MeshClient, agent_id: str, instances: int) -> None:
-    async with asyncio.timeout(10):
-        while True:
-            presence = await mesh.agent(agent_id)
-            if presence is not None and len(presence.instances) == instances:
-                return
-            await asyncio.sleep(0.05)  # polling the registry for the announced state
+    await wait_agent(mesh, agent_id, instances)
 
 
 def echo_brain(body: dict[str, Any]) -> Reply:

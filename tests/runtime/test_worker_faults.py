@@ -19,6 +19,7 @@ from agentmesh.broker.definitions import Definitions
 from agentmesh.broker.durable import DurableState
 from agentmesh.broker.settings import Settings
 from agentmesh.schemas.errors import MeshError
+from tests.conftest import wait_agent
 from tests.runtime.conftest import StartModel
 from tests.runtime.scripted_llm import Reply, last_message
 
@@ -50,9 +51,7 @@ async def test_a_worker_killed_mid_turn_fails_the_call_and_keeps_the_completed_t
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        async with asyncio.timeout(20):
-            while await mesh.agent("memo") is None:  # noqa: ASYNC110 - the registry has no event
-                await asyncio.sleep(0.05)
+        await wait_agent(mesh, "memo")
         first = await mesh.ask("memo", "I am Ada", conversation_id="chat-9")
         assert first.text == "I am Ada (1 msgs)"
         upstream.started.clear()
