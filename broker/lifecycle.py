@@ -224,6 +224,39 @@ class MeshService:
         await self.stop()
 
 
+def agent_record(
+    card: AgentCard,
+    *,
+    instance_id: str,
+    started_at: float,
+    via: str,
+    service: Any = None,
+    detail: dict[str, Any] | None = None,
+) -> ServiceRecord:
+    """The registry record of an agent instance that shares its process's connection (a
+    WebSocket agent on a gateway, a saved agent on a runtime worker): its own instance id and
+    card, the load of its one served subject (`service`, a broker `Service`)."""
+    return ServiceRecord(
+        kind=ServiceKind.AGENT,
+        service_id=card.agent_id,
+        instance_id=instance_id,
+        host=HOST,
+        pid=os.getpid(),
+        version=__version__,
+        started_at=started_at,
+        via=via,
+        serves=Serves(
+            agents=[card.agent_id], agent_types=[card.agent_type] if card.agent_type else []
+        ),
+        load=Load(
+            in_flight=service.in_flight if service else 0,
+            served=service.served if service else 0,
+        ),
+        card=card,
+        detail=detail or {},
+    )
+
+
 def configure_logging(verbose: bool = False) -> None:
     """The log format of every AgentMesh process (the CLI and `MeshService.run`)."""
     logging.basicConfig(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,7 +23,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from agentmesh.agents.client import calling_agent
 from agentmesh.broker.announcer import Announcer
-from agentmesh.broker.lifecycle import HOST
+from agentmesh.broker.lifecycle import agent_record
 from agentmesh.broker.types import Request
 from agentmesh.gateway import frames
 from agentmesh.gateway.auth import Principal, Scope, require, stamp_sender
@@ -41,9 +40,8 @@ from agentmesh.schemas.errors import (
     RateLimited,
     Unavailable,
 )
-from agentmesh.schemas.service import Load, Serves, ServiceKind, ServiceRecord
+from agentmesh.schemas.service import ServiceRecord
 from agentmesh.schemas.task import TaskSpec
-from agentmesh.schemas.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -173,25 +171,12 @@ class Session:
 
     def record(self) -> ServiceRecord:
         """The socket's registry record: an agent instance attached via the gateway."""
-        service = self._service
-        return ServiceRecord(
-            kind=ServiceKind.AGENT,
-            service_id=self.agent_id,
+        return agent_record(
+            self.card,
             instance_id=self.instance_id,
-            host=HOST,
-            pid=os.getpid(),
-            version=__version__,
             started_at=self.connected_at,
             via="gateway",
-            serves=Serves(
-                agents=[self.agent_id],
-                agent_types=[self.card.agent_type] if self.card.agent_type else [],
-            ),
-            load=Load(
-                in_flight=service.in_flight if service else 0,
-                served=service.served if service else 0,
-            ),
-            card=self.card,
+            service=self._service,
         )
 
     async def _attach(self) -> bool:

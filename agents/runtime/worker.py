@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -38,7 +37,7 @@ from agentmesh.agents.runtime.skills import SkillManager, parse_skill, tool_name
 from agentmesh.broker.announcer import Announcer
 from agentmesh.broker.definitions import Definitions, SkillRecord, unzip_into
 from agentmesh.broker.durable import DurableState
-from agentmesh.broker.lifecycle import HOST, MeshService
+from agentmesh.broker.lifecycle import MeshService, agent_record
 from agentmesh.broker.registry import Registry
 from agentmesh.broker.service import Service
 from agentmesh.broker.types import Request
@@ -55,8 +54,7 @@ from agentmesh.schemas.runtime import (
     StreamEvent,
 )
 from agentmesh.schemas.runtime import Message as ChatMessage
-from agentmesh.schemas.service import Load, Serves, ServiceKind, ServiceRecord
-from agentmesh.schemas.version import __version__
+from agentmesh.schemas.service import Serves, ServiceKind, ServiceRecord
 
 logger = logging.getLogger(__name__)
 
@@ -325,22 +323,8 @@ class RuntimeWorker(MeshService):
 
     def _record(self, hosted: _Hosted) -> ServiceRecord:
         d = hosted.definition
-        service = hosted.service
-        return ServiceRecord(
-            kind=ServiceKind.AGENT,
-            service_id=d.agent_id,
-            instance_id=hosted.instance_id,
-            host=HOST,
-            pid=os.getpid(),
-            version=__version__,
-            started_at=hosted.started_at,
-            via="runtime",
-            serves=Serves(agents=[d.agent_id], agent_types=[d.agent_type] if d.agent_type else []),
-            load=Load(
-                in_flight=service.in_flight if service else 0,
-                served=service.served if service else 0,
-            ),
-            card=AgentCard(
+        return agent_record(
+            AgentCard(
                 agent_id=d.agent_id,
                 agent_name=d.name or d.agent_id,
                 agent_type=d.agent_type,
@@ -348,6 +332,10 @@ class RuntimeWorker(MeshService):
                 description=d.description,
                 metadata={"runtime": {"model_id": d.model_id, "tools": d.tool_ids}},
             ),
+            instance_id=hosted.instance_id,
+            started_at=hosted.started_at,
+            via="runtime",
+            service=hosted.service,
             detail={"runtime_worker": self.instance_id},
         )
 
