@@ -284,6 +284,9 @@ def unzip_into(archive: bytes, target: Path) -> None:
             zf.extractall(root)
     except zipfile.BadZipFile:
         raise InvalidMessage("the skill is not a zip archive") from None
+    except (OSError, NotImplementedError, RuntimeError) as exc:
+        # a file and a directory of one name, an unsupported compression, an encrypted member
+        raise InvalidMessage(f"the skill archive cannot be unpacked: {exc}") from None
 
 
 def digest(data: bytes) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import api
 from nats.js.kv import KeyValue
 
-from agentmesh.schemas.errors import Unavailable
+from agentmesh.schemas.errors import Conflict, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +264,37 @@ class Bucket:
         assert kv is not None
         with self.durable.calling(f"writing to {self.name}"):
             await kv.put(key, _encode(record))
+
+    async def update(
+        self, key: str, change: Callable[[dict[str, Any]], dict[str, Any]], *, attempts: int = 20
+    ) -> dict[str, Any] | None:
+        """Change the record at `key` with compare-and-set: `change` gets the record as stored
+        and returns the new one; a concurrent writer's change makes it start again from that
+        one, so neither is lost. None if there is no record (nothing is written).
+
+        Raises:
+            Conflict: the record kept changing under `attempts` tries.
+        """
+        kv = await self.open(create=False)
+        if kv is None:
+            return None
+        for _ in range(attempts):
+            with self.durable.calling(f"reading {self.name}"):
+                try:
+                    entry = await kv.get(key)
+                except nats.js.errors.KeyNotFoundError:
+                    return None
+            current = _decode(self.name, key, entry.value)
+            if current is None:
+                return None
+            new = change(current)
+            with self.durable.calling(f"writing to {self.name}"):
+                try:
+                    await kv.update(key, _encode(new), last=entry.revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue  # another writer came first: apply the change to its record
+            return new
+        raise Conflict(f"{self.name}: the record {key!r} kept changing; retry")
 
     async def delete(self, key: str) -> bool:
         """Remove `key`; False if there was nothing there."""

@@ -131,25 +131,37 @@ class SessionStore:
         Raises:
             NotFound: no such session.
         """
-        info = await self.require(session_id)
-        update: dict[str, Any] = {"updated_at": time.time(), "turns": info.turns + turns_added}
-        if status is not None and info.status is not SessionStatus.REVOKED:
-            update["status"] = status
-            update["error"] = error if status is SessionStatus.ERROR else None
-        if unread is not None:
-            update["unread"] = unread
-        if title is not None:
-            update["title"] = title
-        info = info.model_copy(update=update)
-        await self._bucket.put(self._key(session_id), info.model_dump(mode="json"))
+
+        def apply(raw: dict[str, Any]) -> dict[str, Any]:
+            info = SessionInfo.model_validate(raw)
+            update: dict[str, Any] = {
+                "updated_at": time.time(),
+                "turns": info.turns + turns_added,
+            }
+            if status is not None and info.status is not SessionStatus.REVOKED:
+                update["status"] = status
+                update["error"] = error if status is SessionStatus.ERROR else None
+            if unread is not None:
+                update["unread"] = unread
+            if title is not None:
+                update["title"] = title
+            return info.model_copy(update=update).model_dump(mode="json")
+
+        try:
+            new = await self._bucket.update(self._key(session_id), apply)
+        except ValidationError:
+            new = None
+        if new is None:
+            raise NotFound(f"no session {session_id!r}", details={"session_id": session_id})
+        info = SessionInfo.model_validate(new)
         await self._announce(info)
         return info
 
     async def summarize(self, session_id: str, *, summary: str, summarized: int) -> None:
         """Keep the rolling summary that stands for the first `summarized` messages."""
-        info = await self.require(session_id)
-        info = info.model_copy(update={"summary": summary, "summarized": summarized})
-        await self._bucket.put(self._key(session_id), info.model_dump(mode="json"))
+        fields = {"summary": summary, "summarized": summarized}
+        if await self._bucket.update(self._key(session_id), lambda raw: raw | fields) is None:
+            raise NotFound(f"no session {session_id!r}", details={"session_id": session_id})
 
     async def delete(self, session_id: str) -> bool:
         """Remove the session, its turns and its sub-agents' sessions."""

@@ -39,7 +39,13 @@ from agentmesh.gateway.llm_limits import Meter
 from agentmesh.gateway.openapi import inline_schema
 from agentmesh.gateway.state import GatewayState, get_state
 from agentmesh.schemas.codec import pack, unpack
-from agentmesh.schemas.errors import MeshError, NoResponders, RemoteError, Unavailable
+from agentmesh.schemas.errors import (
+    Forbidden,
+    MeshError,
+    NoResponders,
+    RemoteError,
+    Unavailable,
+)
 from agentmesh.schemas.runtime import (
     DEFAULT_MAX_TOOL_ROUNDS,
     MAX_TOOL_ROUNDS_LIMIT,
@@ -219,6 +225,7 @@ async def start_inference(
         MeshError: what the runtime reports (INVALID_MESSAGE, MODEL_NOT_FOUND, ...).
     """
     request = body.request()
+    await _check_tools(state, principal, request.tool_ids)
     meter = await Meter.start(state, principal, _estimate(request))
     bus = state.bus
     payload = pack(request.model_dump(mode="json", exclude_none=True, exclude_unset=True))
@@ -236,6 +243,21 @@ async def start_inference(
             ) from None
         raise
     return _metered(meter, first, frames)
+
+
+async def _check_tools(state: GatewayState, principal: Principal, tool_ids: list[str]) -> None:
+    """A key limited to some MCP tools (`tools` patterns) may name only those in `tool_ids`,
+    as on `/mcp` and `/v1/tools/call` (a saved agent's own tools are the agent's business)."""
+    if principal.tools is None or not tool_ids:
+        return
+    catalog = await state.tools.catalog()
+    for tool in catalog.tools():
+        named = tool.federated_name in tool_ids or f"mcp:{tool.server}" in tool_ids
+        if named and not principal.may_use_tool(tool.server, tool.name):
+            raise Forbidden(
+                f"key '{principal.key_id}' may not use the tool {tool.server}/{tool.name}",
+                details={"tool": f"{tool.server}/{tool.name}", "key_id": principal.key_id},
+            )
 
 
 async def publish_abort(bus: Bus, session_id: str) -> None:
@@ -268,7 +290,8 @@ async def _metered(
 
     def item(event: StreamEvent) -> dict[str, Any]:
         nonlocal seen
-        if event.type is EventType.USAGE and not event.path and event.usage is not None:
+        # Every model call counts, a sub-agent's too (the answer's `usage` is the root's own).
+        if event.type is EventType.USAGE and event.usage is not None:
             total.add(event.usage)
             seen = True
         return {"event": event, "usage": total.model_dump() if seen else None}

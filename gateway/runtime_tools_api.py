@@ -3,7 +3,7 @@
 by every runtime worker (a skill's files are fetched from the mesh and unpacked by each).
 
 `GET /v1/tools` and `POST /v1/tools/call` (the MCP catalog, gateway/tools_api.py) stay as they
-were; the catalog's answer lists these tools too, under `registered`. Writes need `admin`.
+were; the catalog's answer lists these tools too, under `registered`. Writes need `define`.
 """
 
 from __future__ import annotations
@@ -93,10 +93,17 @@ class BatchDeleted(BaseModel):
 
 
 def _tool(tool_id: str, body: ToolUpdate) -> ToolConfig:
+    """The tool's config. 409 CONFLICT when the name the model sees is a built-in's or a
+    skill's: a registered tool never stands in for those."""
+    name = body.name or tool_id
+    if name in BUILTIN_TOOLS or name.startswith("skill_"):
+        raise Conflict(
+            f"{name!r} is the name of a built-in tool or of a skill", details={"name": name}
+        )
     return ToolConfig(
         tool_id=tool_id,
         tool_type=ToolType.HTTP,
-        name=body.name or tool_id,
+        name=name,
         description=body.description,
         parameters=body.parameters,
         url=body.url,
@@ -146,7 +153,7 @@ async def delete_tools(
 @router.put(
     "/v1/tools/{tool_id:tool_id}",
     response_model=ToolConfig,
-    responses=responses(*BODY_STATUSES, 404),
+    responses=responses(*BODY_STATUSES, 404, 409),
 )
 async def replace_tool(
     body: ToolUpdateBody,
@@ -329,10 +336,15 @@ def _write_files(root: Path, text: dict[str, str], binary: dict[str, str]) -> No
         if total > MAX_SKILL_BYTES:
             raise PayloadTooLarge(f"a skill's files are at most {MAX_SKILL_BYTES} bytes")
         target = root / _relative(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_dir():
-            raise InvalidMessage(f"{name!r} is a file and a folder", details={"path": name})
-        target.write_bytes(data)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_dir():
+                raise IsADirectoryError
+            target.write_bytes(data)
+        except OSError:  # `a` and `a/b` both given: one name, a file and a folder
+            raise InvalidMessage(
+                f"{name!r} is a file and a folder", details={"path": name}
+            ) from None
 
 
 def _relative(name: str) -> PurePosixPath:

@@ -281,7 +281,8 @@ class ToolConfig(BaseModel):
 
 class AgentLimits(BaseModel):
     max_tool_rounds: int = Field(DEFAULT_MAX_TOOL_ROUNDS, ge=0, le=MAX_TOOL_ROUNDS_LIMIT)
-    timeout: float = Field(600.0, gt=0, description="Seconds one inference may take.")
+    # At most an hour: the gateway waits no longer for an inference (runtime_api.MAX_WAIT).
+    timeout: float = Field(600.0, gt=0, le=3600, description="Seconds one inference may take.")
     max_concurrency: int | None = Field(None, ge=1, description="Inferences at once per worker.")
     max_delegation_depth: int = Field(3, ge=0, le=10)
 

@@ -218,7 +218,10 @@ class Runtime:
         max_rounds = request.max_tool_rounds
         bash = self.fences.bash_enabled
         if definition is not None:
-            tool_ids = [*definition.tool_ids, *definition.skills, *tool_ids]
+            # A caller may add tools to a saved agent's, but not bash: that stays the
+            # definition's (an admin's) choice.
+            added = [t for t in tool_ids if t != "bash" or "bash" in definition.tool_ids]
+            tool_ids = [*definition.tool_ids, *definition.skills, *added]
             system = system or await self._system_prompt(definition)
             if "max_tool_rounds" not in request.model_fields_set:
                 max_rounds = definition.limits.max_tool_rounds

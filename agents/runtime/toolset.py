@@ -118,6 +118,10 @@ class Resolver:
             if not mcp and self.catalog is not None:  # not in a cached copy: look again, once
                 catalog = await self.mesh.tools.catalog()
                 mcp = _from_catalog(catalog, tool_id)
+            registered = self.registry.get(tool_id)
+            if not mcp and registered is not None:  # an HTTP tool
+                out.add(self._registered(registered))
+                continue
             if not mcp:
                 raise ToolNotFound(f"no tool {tool_id!r}", details={"tool_id": tool_id})
             for config in mcp:
@@ -126,7 +130,9 @@ class Resolver:
 
     def _local(self, tool_id: str, *, bash: bool) -> ActiveTool | None:
         registered = self.registry.get(tool_id)
-        if registered is not None:
+        # HTTP tools (registered over the API) come after the MCP catalog: they never stand in
+        # for an MCP tool of the same name.
+        if registered is not None and registered.config.tool_type is not ToolType.HTTP:
             return self._registered(registered)
         if self.skill_manager is not None:
             skill = self.skill_manager.get(tool_id)

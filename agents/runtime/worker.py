@@ -400,14 +400,20 @@ class RuntimeWorker(MeshService):
         assert self.runtime is not None
         task = asyncio.current_task()
         session: str | None = None
+        if request.session_id not in (None, "new") and task is not None:
+            # Known at once: an abort that comes while the inference is still being planned
+            # (the history read, a summary call) finds it too.
+            session = request.session_id
+            self._running.setdefault(session, set()).add(task)
         try:
             async with aclosing(
                 self.runtime.events(request, definition=definition, lineage=lineage)
             ) as events:
                 async for event in events:
-                    if event.type is EventType.START and event.session_id and task is not None:
-                        session = event.session_id
-                        self._running.setdefault(session, set()).add(task)
+                    if event.type is EventType.START and event.session_id and session is None:
+                        if task is not None:
+                            session = event.session_id
+                            self._running.setdefault(session, set()).add(task)
                     yield event
         finally:
             if session is not None and task is not None:

@@ -64,3 +64,19 @@ async def test_with_nats_down_every_operation_is_unavailable_at_once(
             ):
                 with pytest.raises(Unavailable, match="NATS is reconnecting"):
                     await operation
+
+
+async def test_concurrent_updates_of_one_record_are_all_kept(
+    durable: DurableState, prefix: str
+) -> None:
+    bucket = durable.bucket(f"test_{prefix}")
+    await bucket.put("p.counter", {"n": 0, "seen": []})
+    assert await bucket.update("p.nothing", lambda r: r) is None  # no record: nothing written
+
+    async def add(i: int) -> None:
+        await bucket.update("p.counter", lambda r: {"n": r["n"] + 1, "seen": [*r["seen"], i]})
+
+    await asyncio.gather(*(add(i) for i in range(20)))
+    record = await bucket.get("p.counter")
+    assert record is not None and record["n"] == 20 and sorted(record["seen"]) == list(range(20))
+    await durable.js.delete_key_value(f"test_{prefix}")

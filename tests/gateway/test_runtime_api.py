@@ -19,6 +19,7 @@ from agentmesh.gateway.sessions_api import TITLE_PROMPT, clean_title
 from agentmesh.gateway.state import GatewayConfig
 from agentmesh.schemas.runtime import InferenceResult, StreamEvent
 from tests.gateway.conftest import Replica, StartGateway
+from tests.mcp.fixtures import TIME, StartMCPWorker
 from tests.runtime import conftest as runtime_fixtures
 from tests.runtime.conftest import StartModel, StartRuntime
 from tests.runtime.scripted_llm import Body, Reply, last_message
@@ -377,8 +378,12 @@ async def test_the_feed_pings_while_quiet_and_ends_when_the_replica_drains(
 
 # Scopes and token budgets ---------------------------------------------------------------------
 async def test_scopes_and_the_keys_token_budget_apply(
-    start_model: StartModel, start_runtime: StartRuntime, start_gateway: StartGateway
+    start_model: StartModel,
+    start_runtime: StartRuntime,
+    start_gateway: StartGateway,
+    start_mcp_worker: StartMCPWorker,
 ) -> None:
+    await start_mcp_worker({"time": TIME})
     await start_model(lambda body: Reply(content="ok"))
     await start_runtime()
     replica: Replica = await start_gateway(config=GatewayConfig(auth=True, admin_token=ADMIN_TOKEN))
@@ -409,6 +414,12 @@ async def test_scopes_and_the_keys_token_budget_apply(
         usage = await http.get("/gateway/usage", params={"key_id": sender["key_id"]}, headers=admin)
         rows = usage.json()["usage"]
         assert [(u["model"], u["requests"], u["total_tokens"]) for u in rows] == [("m", 1, 15)]
+        # A key limited to some MCP tools names only those in an inference.
+        limited = (await key(scopes=["send"], tools=["demo/*"]))["key"]
+        other = body | {"tool_ids": ["time_get_current_time"], "session_id": None}
+        r = await http.post("/v1/infer", json=other, headers={"x-api-key": limited})
+        assert_error(r, 403, "UNAUTHORIZED")
+        assert "time/get_current_time" in r.json()["error"]["message"]
         tiny = await key(scopes=["send"], token_limit="10/60s")
         r = await http.post("/v1/infer", json=body, headers={"x-api-key": tiny["key"]})
         assert_error(r, 429, "RATE_LIMIT")
