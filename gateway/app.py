@@ -27,6 +27,7 @@ from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects
 from agentmesh.broker.tasks import TaskStore
 from agentmesh.gateway import (
+    a2a,
     agents_api,
     anthropic_api,
     definitions_api,
@@ -162,6 +163,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.include_router(runtime_tools_api.router)
     app.include_router(shared_config_api.router)
     app.include_router(shared_config_api.models_router)
+    app.include_router(a2a.router)  # every mesh agent as an A2A server (gateway/a2a/)
     # A route, not a mount: a mount answers "/mcp" with a redirect to "/mcp/".
     app.router.routes.append(Route("/mcp", endpoint=mcp))
     openapi.install(app)

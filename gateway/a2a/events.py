@@ -1,0 +1,99 @@
+"""A task's durable event log as an A2A stream (`SendStreamingMessage`, `SubscribeToTask`).
+
+The stream is: the Task as it is now, then, from the log (read from its start, on whichever
+replica serves the stream): a status update per change of A2A state, a `working` status update
+carrying each progress note, an artifact update per streamed chunk (`append` within one
+attempt; a retried attempt starts the artifact again), and at the final status the whole reply
+as the result artifact (`append=false`, `lastChunk=true`, replacing the chunks) and the terminal
+status update. The stream ends there, or when the replica begins to drain (the client
+subscribes again, on any replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from a2a.server.events import Event
+from a2a.types.a2a_pb2 import TaskState
+
+from agentmesh.broker.tasks import TaskStore
+from agentmesh.gateway.a2a import convert
+from agentmesh.schemas.errors import MeshError
+from agentmesh.schemas.task import TaskEvent, TaskEventKind, TaskRecord, TaskStatus
+
+
+async def follow(
+    store: TaskStore, record: TaskRecord, drain: asyncio.Event
+) -> AsyncIterator[Event]:
+    """`record` as a Task, then its updates until a terminal state (or `drain`)."""
+    yield convert.task_out(record)
+    if record.status.terminal:
+        return
+    state = convert.state_of(record.status)
+    attempt: int | None = None  # the attempt whose chunks the artifact holds
+    async for event in _until(store.events(record.task_id, follow=True), drain):
+        if event.kind is TaskEventKind.CHUNK and event.chunk is not None:
+            piece = convert.chunk_artifact(record, event.chunk)
+            append, attempt = attempt == event.attempt, event.attempt
+            yield convert.artifact_update(record, piece, append=append, last_chunk=False)
+        elif event.kind is TaskEventKind.PROGRESS:
+            note = convert.progress_note(event.note, event.data, record)
+            status = convert.status_out(
+                record, TaskStatus.RUNNING, message=note, at=event.timestamp
+            )
+            state = TaskState.TASK_STATE_WORKING
+            yield convert.status_update(record, status)
+        elif event.kind is TaskEventKind.STATUS and event.status is not None:
+            if event.status.terminal:
+                async for final in _end(store, record, event):
+                    yield final
+                return
+            new = convert.state_of(event.status)
+            if new == state or (
+                event.status is TaskStatus.PENDING and state != TaskState.TASK_STATE_SUBMITTED
+            ):
+                continue  # no change; or a retry waiting: still working, as the client sees it
+            state = new
+            yield convert.status_update(
+                record, convert.status_out(record, event.status, at=event.timestamp)
+            )
+
+
+async def _end(store: TaskStore, record: TaskRecord, event: TaskEvent) -> AsyncIterator[Event]:
+    """The result artifact (if any) and the terminal status, from the settled record."""
+    final = await store.get(record.task_id) or record
+    artifact = convert.result_artifact(final)
+    if artifact is not None:
+        yield convert.artifact_update(final, artifact, append=False, last_chunk=True)
+    assert event.status is not None
+    yield convert.status_update(final, convert.status_out(final, event.status, at=event.timestamp))
+
+
+async def _until(
+    events: AsyncIterator[TaskEvent], drain: asyncio.Event
+) -> AsyncIterator[TaskEvent]:
+    """`events` until they end or `drain` is set. Each step runs as a task, so a drain stops a
+    quiet wait at once; a MeshError of the log propagates."""
+    stop = asyncio.ensure_future(drain.wait())
+    step: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(events, None))
+            await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                return
+            event = step.result()
+            if event is None:
+                return
+            yield event
+    finally:
+        stop.cancel()
+        if step is not None and not step.done():
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, MeshError):
+                await step
+        with contextlib.suppress(MeshError, RuntimeError):
+            await events.aclose()  # type: ignore[attr-defined]
