@@ -18,8 +18,6 @@ the usage the inference reports.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -38,6 +36,7 @@ from agentmesh.gateway.errors import AUTH_STATUSES, BODY_STATUSES, responses
 from agentmesh.gateway.llm_limits import Meter
 from agentmesh.gateway.openapi import inline_schema
 from agentmesh.gateway.state import GatewayState, get_state
+from agentmesh.gateway.streams import PING, relay
 from agentmesh.schemas.codec import pack, unpack
 from agentmesh.schemas.errors import (
     Forbidden,
@@ -59,7 +58,6 @@ from agentmesh.schemas.runtime import (
 
 router = APIRouter(tags=["runtime"], responses=responses(*AUTH_STATUSES))
 
-PING = 15.0  # seconds of quiet before a `: ping` comment on an event stream
 MAX_WAIT = 3600.0  # seconds the gateway waits for an inference that sets no `timeout`
 _MARGIN = 5.0  # seconds beyond the request's own `timeout` (the worker enforces that one)
 NO_RUNTIME_WORKER = (
@@ -322,7 +320,7 @@ def _deadline(request: InferenceRequest) -> float:
 
 async def _sse(events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
     try:
-        async for event in with_pings(events):
+        async for event in relay(events, ping=PING):
             if event is None:
                 yield b": ping\n\n"
             else:
@@ -334,37 +332,3 @@ async def _sse(events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
             error["details"] = exc.details
         data = json.dumps({"type": EventType.ERROR.value, "error": error}, default=str)
         yield f"data: {data}\n\n".encode()
-
-
-async def with_pings(
-    source: AsyncIterator[_T], stop: asyncio.Event | None = None
-) -> AsyncIterator[_T | None]:
-    """`source`'s items, and None after each `PING` seconds of quiet; ends when `source` ends
-    (raising what it raised) or when `stop` is set. Each step runs as a task of its own, so a
-    quiet wait is never cancelled; `source` is closed at the end."""
-    stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
-    step: asyncio.Future[Any] | None = None
-    end = object()
-    try:
-        while True:
-            step = asyncio.ensure_future(anext(source, end))
-            while not step.done():
-                waiting = {step} if stopping is None else {step, stopping}
-                await asyncio.wait(waiting, timeout=PING, return_when=asyncio.FIRST_COMPLETED)
-                if stopping is not None and stopping.done():
-                    return
-                if not step.done():
-                    yield None
-            got = step.result()
-            if got is end:
-                return
-            yield got
-    finally:
-        if stopping is not None:
-            stopping.cancel()
-        if step is not None and not step.done():
-            step.cancel()
-            with contextlib.suppress(asyncio.CancelledError, MeshError):
-                await step
-        with contextlib.suppress(MeshError, RuntimeError):
-            await source.aclose()  # type: ignore[attr-defined]

@@ -31,8 +31,9 @@ from agentmesh.gateway import openai_api
 from agentmesh.gateway.auth import Principal, Scope, require
 from agentmesh.gateway.errors import AUTH_STATUSES, BODY_STATUSES, responses
 from agentmesh.gateway.openapi import inline_schema
-from agentmesh.gateway.runtime_api import publish_abort, with_pings
+from agentmesh.gateway.runtime_api import publish_abort
 from agentmesh.gateway.state import GatewayState, get_state
+from agentmesh.gateway.streams import PING, relay
 from agentmesh.schemas.errors import Conflict, InvalidMessage, NotFound, Unavailable
 from agentmesh.schemas.runtime import Message, SessionInfo, SessionStatus
 
@@ -366,7 +367,7 @@ async def _sse(feed: _Feed, drain: asyncio.Event) -> AsyncIterator[bytes]:
     try:
         # Subscribed: every change from here on is relayed (named, so `onmessage` skips it).
         yield b"event: ready\ndata: " + FeedReady().model_dump_json().encode() + b"\n\n"
-        async for event in with_pings(feed.events(), drain):
+        async for event in relay(feed.events(), drain, ping=PING):
             if event is None:
                 yield b": ping\n\n"
             else:

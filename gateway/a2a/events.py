@@ -12,16 +12,14 @@ subscribes again, on any replica).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 from a2a.server.events import Event
 from a2a.types.a2a_pb2 import TaskState
 
 from agentmesh.broker.tasks import TaskStore
 from agentmesh.gateway.a2a import convert
-from agentmesh.schemas.errors import MeshError
+from agentmesh.gateway.streams import relay
 from agentmesh.schemas.task import TaskEvent, TaskEventKind, TaskRecord, TaskStatus
 
 
@@ -75,25 +73,7 @@ async def _end(store: TaskStore, record: TaskRecord, event: TaskEvent) -> AsyncI
 async def _until(
     events: AsyncIterator[TaskEvent], drain: asyncio.Event
 ) -> AsyncIterator[TaskEvent]:
-    """`events` until they end or `drain` is set. Each step runs as a task, so a drain stops a
-    quiet wait at once; a MeshError of the log propagates."""
-    stop = asyncio.ensure_future(drain.wait())
-    step: asyncio.Future[Any] | None = None
-    try:
-        while True:
-            step = asyncio.ensure_future(anext(events, None))
-            await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not step.done():
-                return
-            event = step.result()
-            if event is None:
-                return
+    """`events` until they end or `drain` is set; a MeshError of the log propagates."""
+    async for event in relay(events, drain, ping=None):
+        if event is not None:
             yield event
-    finally:
-        stop.cancel()
-        if step is not None and not step.done():
-            step.cancel()
-            with contextlib.suppress(asyncio.CancelledError, MeshError):
-                await step
-        with contextlib.suppress(MeshError, RuntimeError):
-            await events.aclose()  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ import pytest
 
 from agentmesh.broker.servers import free_port
 from agentmesh.broker.settings import Settings
-from agentmesh.gateway import runtime_api
+from agentmesh.gateway import sessions_api
 from agentmesh.gateway.server import make_server
 from agentmesh.gateway.sessions_api import TITLE_PROMPT, clean_title
 from agentmesh.gateway.state import GatewayConfig
@@ -348,7 +348,7 @@ async def test_a_revoked_session_stops_and_can_never_be_continued(
 async def test_the_feed_pings_while_quiet_and_ends_when_the_replica_drains(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime_api, "PING", 0.05)  # the replica runs in this process
+    monkeypatch.setattr(sessions_api, "PING", 0.05)  # the replica runs in this process
     port = free_port()
     server = make_server(settings, port=port, config=GatewayConfig(), log_level="warning")
     await server.start()
