@@ -51,6 +51,12 @@ WELL_KNOWN_ENV = (
 )
 
 
+# `scheme://host[:port]` that every HTTP client parses: a host name or IPv4 address (no user
+# info, no IPv6 literal), a port up to 65535. `http://[` or `:99999` match a looser pattern and
+# break whoever parses them (the caller's client, the runtime's, a fuzzer reading the echo).
+PORT = r"6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}"
+ORIGIN = rf"https?://[A-Za-z0-9._-]+(?::(?:{PORT}))?"
+
 # Bodies are strict: `1` is not `true`, `false` is not `0` (the document's types, exactly).
 STRICT = ConfigDict(extra="ignore", strict=True)
 

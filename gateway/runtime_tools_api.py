@@ -31,7 +31,15 @@ from agentmesh.broker.definitions import (
 )
 from agentmesh.broker.subjects import ID_PATTERN
 from agentmesh.gateway.auth import Principal, Scope, require
-from agentmesh.gateway.definitions_api import STRICT, Except, ListOf, id_param, missing, same_id
+from agentmesh.gateway.definitions_api import (
+    ORIGIN,
+    STRICT,
+    Except,
+    ListOf,
+    id_param,
+    missing,
+    same_id,
+)
 from agentmesh.gateway.errors import AUTH_STATUSES, BODY_STATUSES, responses
 from agentmesh.gateway.state import GatewayState, get_state
 from agentmesh.schemas.errors import Conflict, InvalidMessage, PayloadTooLarge
@@ -40,7 +48,7 @@ from agentmesh.schemas.runtime import ToolConfig, ToolType
 router = APIRouter(tags=["definitions"], responses=responses(*AUTH_STATUSES))
 
 TOOL_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # an id and a model-facing name (64 at most)
-URL = r"^https?://[^\s/?#]+\S*$"
+URL = rf"^{ORIGIN}(?:[/?#]\S*)?$"
 # Ids the runtime resolves before any registered tool's; the other /v1/tools/<word> routes.
 BUILTIN_TOOLS = frozenset({"bash", "fetch", "delegate", "read_skill_file"})
 ROUTES = ("batch", "call", "mcp", "skill")

@@ -31,6 +31,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstrain
 from agentmesh.broker.subjects import ID_PATTERN
 from agentmesh.broker.watch import SharedSource
 from agentmesh.gateway.auth import Principal, Scope, require
+from agentmesh.gateway.definitions_api import ORIGIN
 from agentmesh.gateway.errors import AUTH_STATUSES, BODY_STATUSES, responses
 from agentmesh.gateway.state import GatewayState, get_state
 from agentmesh.schemas.errors import Conflict, Forbidden, InvalidMessage, ModelNotFound, NotFound
@@ -43,7 +44,7 @@ WRITE_ATTEMPTS = 40  # reads and compare-and-sets before a write gives up (409)
 MAX_BACKOFF = 0.2  # seconds, at most, between two attempts (random: writers spread out)
 # Text without `${` (regex without look-around: JSON Schema, Rust and Python read it alike).
 NO_REF = r"^(?:[^$]|\$+[^${])*\$*$"
-URL = r"^https?://(?:[^\s$]|\$+[^\s${])+\$*$"
+URL = rf"^{ORIGIN}(?:[/?#](?:[^\s$]|\$+[^\s${{])*\$*)?$"
 HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$"
 HEADER_VALUE = r"^(?:[^$\r\n]|\$+[^${\r\n])*\$*$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"

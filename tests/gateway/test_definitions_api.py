@@ -343,6 +343,20 @@ async def test_an_http_tool_on_a_private_address_is_refused_by_default(
     assert (await http.delete("/v1/tools/weather")).status_code == 204
 
 
+async def test_a_url_no_http_client_parses_is_refused_and_one_that_parses_is_kept(
+    http: httpx.AsyncClient,
+) -> None:
+    for url in ("http://[", "http://[::zz]/", "https://host:99999/", "http://u@host/"):
+        tool = await http.post("/v1/tools", json={"tool_id": "t", "url": url})
+        model = await http.put("/v1/models/m", json={"api_base": url})
+        for r, field in ((tool, "url"), (model, "api_base")):  # /v1/models: OpenAI's format
+            assert r.status_code == 422 and f"{field}: String should match" in r.text, r.text
+    assert (await http.get("/v1/tools")).json()["registered"] == []
+    url = "http://tools.example:65535/call?q=[1]"
+    assert (await http.post("/v1/tools", json={"tool_id": "t", "url": url})).status_code == 201
+    assert (await http.get("/v1/tools")).json()["registered"][0]["url"] == url
+
+
 # Skills ------------------------------------------------------------------------------------
 SKILL_MD = """---
 name: sales-report
