@@ -33,7 +33,7 @@ from agentmesh.schemas.errors import (
     Unauthorized,
     Unavailable,
 )
-from agentmesh.schemas.task import TaskRecord, TaskStatus, Trace
+from agentmesh.schemas.task import TaskRecord, TaskStatus, Trace, needs_input
 from agentmesh.schemas.tools import ToolResult
 from agentmesh.schemas.version import __version__
 
@@ -77,4 +77,5 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "__version__",
+    "needs_input",
 ]

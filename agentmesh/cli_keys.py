@@ -19,6 +19,7 @@ from agentmesh.gateway.keys import (
     KeyStore,
     parse_agent_patterns,
     parse_scopes,
+    parse_to_agent_patterns,
     parse_tool_patterns,
     validate_name,
 )
@@ -54,6 +55,12 @@ def _tools_text(record: KeyRecord, sep: str = ",") -> str:
     if record.tools is None:
         return "all"
     return sep.join(record.tools) or "none"
+
+
+def _to_agents_text(record: KeyRecord, sep: str = ",") -> str:
+    if record.to_agents is None:
+        return "all"
+    return sep.join(record.to_agents) or "none"
 
 
 def _limit(text: str | None, what: str) -> Limit | None:
@@ -97,6 +104,13 @@ def create(
         help="Agent ids the key may attach as (WebSocket) and send as (from_agent_id), as "
         "patterns with * wildcards, e.g. 'bot-*'; repeat or comma-separate. Default: none.",
     ),
+    to_agents: list[str] | None = typer.Option(
+        None,
+        "--to-agents",
+        help="Agent ids the key may call (send to, submit tasks for, reach over A2A), as "
+        "patterns with * and ? wildcards, e.g. 'a*,support'; repeat or comma-separate. "
+        "Default: every agent.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the key."),
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
@@ -107,6 +121,7 @@ def create(
         tokens = _limit(token_limit, "token limit")
         allowed = parse_tool_patterns(",".join(tools)) if tools else None
         as_agents = parse_agent_patterns(",".join(agents)) if agents else ()
+        reach = parse_to_agent_patterns(",".join(to_agents)) if to_agents else None
     except InvalidMessage as exc:
         raise cli_support.fail(exc.message) from None
     settings = cli_support.settings()
@@ -119,6 +134,7 @@ def create(
             token_limit=tokens,
             tools=allowed,
             agents=as_agents,
+            to_agents=reach,
         ),
     )
     if quiet:
@@ -130,6 +146,7 @@ def create(
     typer.echo(f"  token limit: {record.token_limit or 'none'}")
     typer.echo(f"  tools:       {_tools_text(record, ', ')}")
     typer.echo(f"  agents:      {', '.join(record.agents) or 'none'}")
+    typer.echo(f"  to agents:   {_to_agents_text(record, ', ')}")
     typer.echo("")
     typer.echo(key)
     typer.echo("")
@@ -150,6 +167,7 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
                 "token_limit": None if r.token_limit is None else str(r.token_limit),
                 "tools": None if r.tools is None else list(r.tools),
                 "agents": list(r.agents),
+                "to_agents": None if r.to_agents is None else list(r.to_agents),
                 "created_at": iso_utc(r.created_at),
             }
             for r in records
@@ -159,11 +177,11 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     if not records:
         typer.echo("no keys")
         return
-    table = [("ID", "NAME", "SCOPES", "RATE LIMIT", "TOKEN LIMIT", "TOOLS", "CREATED")]
+    table = [("ID", "NAME", "SCOPES", "RATE LIMIT", "TOKEN LIMIT", "TOOLS", "TO AGENTS", "CREATED")]
     for r in records:
         limits = (str(r.rate_limit or "-"), str(r.token_limit or "-"))
-        row = (r.key_id, r.name, _scopes_text(r), *limits, _tools_text(r), iso_utc(r.created_at))
-        table.append(row)
+        patterns = (_tools_text(r), _to_agents_text(r))
+        table.append((r.key_id, r.name, _scopes_text(r), *limits, *patterns, iso_utc(r.created_at)))
     cli_support.table(table)
 
 

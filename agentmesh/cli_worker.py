@@ -1,5 +1,5 @@
-"""`agentmesh worker`: run the mesh's workers (`llm`, `mcp`, `executor`, `runtime`) until Ctrl-C
-or SIGTERM."""
+"""`agentmesh worker`: run the mesh's workers (`llm`, `mcp`, `executor`, `runtime`, `a2a`) until
+Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -193,6 +193,79 @@ def _follow_runtime(name: str, file: Path | None, shared: bool, verbose: bool) -
             await opened.close()
             raise
         await run_until_signal(Following(worker, opened, [runtime_part(worker)]), settings)
+
+    try:
+        cli_support.run(main)
+    except ConfigError as exc:
+        raise cli_support.fail(str(exc)) from None
+
+
+@worker_app.command("a2a")
+def a2a(
+    url: str | None = typer.Option(
+        None, "--url", help="An outside A2A agent's base URL (its card is under it)."
+    ),
+    agent_id: str | None = typer.Option(None, "--agent-id", help="Its agent id on the mesh."),
+    header: list[str] = typer.Option(
+        [], "--header", "-H", help="NAME=VALUE: an HTTP header for every request (repeat)."
+    ),
+    file: Path | None = typer.Option(
+        None,
+        "--file",
+        "-f",
+        help="A mesh file: serve the agents of its `a2a:` section (edits apply live).",
+    ),
+    shared: bool = typer.Option(False, "--shared", help=SHARED_HELP),
+    name: str = typer.Option("a2a", "--name", help="Its service name in the registry."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve outside A2A agents as mesh agents: each one's card becomes its mesh card, and mesh
+    calls become A2A messages. Start more to share the load."""
+    from pydantic import ValidationError
+
+    from agentmesh.workers.a2a import A2ABridge, A2ASection, OutsideAgent
+    from agentmesh.workers.a2a.config import parse_headers
+    from agentmesh.workers.config import reasons
+
+    one = url is not None or agent_id is not None
+    if sum((one, file is not None, shared)) != 1:
+        raise cli_support.fail("give --url and --agent-id, or one of -f/--file or --shared")
+    if not one:
+        if header:
+            raise cli_support.fail("--header goes with --url (in a mesh file: `headers:`)")
+        _follow_a2a(name, file, shared, verbose)
+        return
+    if url is None or agent_id is None:
+        raise cli_support.fail("--url and --agent-id go together")
+    try:
+        agent = OutsideAgent(agent_id=agent_id, url=url, headers=parse_headers(header))
+    except ValidationError as exc:
+        raise cli_support.fail(reasons(exc)) from None
+    except ValueError as exc:
+        raise cli_support.fail(str(exc)) from None
+    _serve(lambda: A2ABridge(A2ASection(agents=[agent]), name), verbose)
+
+
+def _follow_a2a(name: str, file: Path | None, shared: bool, verbose: bool) -> None:
+    from agentmesh.following import Following, a2a_part, log_warnings, open_source
+    from agentmesh.workers.a2a import A2ABridge
+    from agentmesh.workers.config import ConfigError
+
+    cli_support.setup_logging(verbose)
+    settings = cli_support.settings()
+
+    async def main() -> None:
+        opened = await open_source(file, shared, settings)
+        try:
+            log_warnings(opened.doc)
+            section = opened.doc.a2a()
+            if section is None:
+                raise ConfigError(f"{opened.doc.source}: no 'a2a' section: no outside agent")
+            bridge = A2ABridge(section, name)
+        except BaseException:
+            await opened.close()
+            raise
+        await run_until_signal(Following(bridge, opened, [a2a_part(bridge)]), settings)
 
     try:
         cli_support.run(main)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,10 @@ def mcp_part(worker: Any) -> Part:
     return Part("mcpServers", lambda doc: doc.mcp(), worker.apply)
 
 
+def a2a_part(bridge: Any) -> Part:
+    return Part("a2a", lambda doc: doc.a2a(), bridge.apply)
+
+
 def gateway_part(config: GatewayConfig, base: GatewayConfig, started: GatewaySection) -> Part:
     """The gateway's live options: `config` (the replica's own) takes each new section's values
     over `base` (from the environment); a new host or port is logged as needing a restart."""
@@ -110,12 +114,22 @@ def gateway_part(config: GatewayConfig, base: GatewayConfig, started: GatewaySec
                 "after a restart",
                 started.max_body_bytes,
             )
-        changed = config.apply(section.to_config(base))
+        changed = config.apply(replace(section.to_config(base), channels=config.channels))
         if changed:
             logger.info("gateway: applied %s", ", ".join(f"gateway.{c}" for c in changed))
         last = section
 
     return Part("gateway", lambda doc: doc.gateway(), apply)
+
+
+def channels_part(config: GatewayConfig) -> Part:
+    """The gateway's chat apps (the `channels:` list): added, changed, removed live."""
+
+    async def apply(channels: tuple[Any, ...]) -> None:
+        if config.apply(replace(config, channels=channels)):
+            logger.info("gateway: applied channels (%d)", len(channels))
+
+    return Part("channels", lambda doc: doc.channels(), apply)
 
 
 # Sources -------------------------------------------------------------------------------------
@@ -204,14 +218,14 @@ async def run_gateway(
         log_warnings(opened.doc)
         section = opened.doc.gateway()
         base = GatewayConfig.from_env()
-        config = section.to_config(base)
+        config = replace(section.to_config(base), channels=opened.doc.channels())
     except BaseException:
         await opened.close()
         raise
     host = host or section.host
     port = port or section.port
     server = make_server(settings, host=host, port=port, config=config)
-    applier = MeshFollower(opened.doc, [gateway_part(config, base, section)])
+    applier = MeshFollower(opened.doc, [gateway_part(config, base, section), channels_part(config)])
     follower = Follower(opened.source, applier.on_text, current=opened.text)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,6 +1,7 @@
 """`agentmesh up`: a real local mesh (nats-server with JetStream, redis-server, the gateway, the
 echo agent, an executor for durable tasks, a runtime worker for saved agents, an LLM worker and
-an MCP worker with the reference time server).
+an MCP worker with the reference time server; with `-f mesh.yaml`, an A2A bridge if the file has
+an `a2a:` section, none without one).
 
 Everything started here is stopped here, in reverse order, on Ctrl-C or SIGTERM.
 """
@@ -16,7 +17,7 @@ import logging
 import shlex
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,15 @@ from agentmesh.broker.watch import Follower
 from agentmesh.following import (
     MeshFollower,
     Opened,
+    a2a_part,
+    channels_part,
     gateway_part,
     llm_part,
     mcp_part,
     runtime_part,
 )
 from agentmesh.gateway.state import GatewayConfig
+from agentmesh.workers.a2a import A2ABridge
 from agentmesh.workers.config import ConfigError
 from agentmesh.workers.executor import Executor
 from agentmesh.workers.llm.config import LLMConfig
@@ -104,6 +108,7 @@ class LocalMesh:
         tools: MCPWorker | None = None
         executor: Executor | None = None
         runtime: RuntimeWorker | None = None
+        bridge: A2ABridge | None = None  # outside A2A agents: only for a file's `a2a:` section
         follower: Follower | None = None
         doc = self.file.doc if self.file is not None else None
         stop = asyncio.Event()
@@ -128,6 +133,9 @@ class LocalMesh:
             for agent in self._agents(echo):
                 await agent.start(settings)
                 agents.append(agent)
+            if doc is not None and (outside := doc.a2a()) is not None:
+                bridge = A2ABridge(outside)
+                await bridge.start(settings)
             if self.gateway_port is not None:
                 gateway, gateway_task = await self._start_gateway(settings)
             if llm and (models := await self._models()) is not None:
@@ -143,9 +151,11 @@ class LocalMesh:
                     tools = None
             models = worker.config if worker is not None else None
             agent_ids = [a.agent_id for a in agents]
+            if bridge is not None:
+                agent_ids += [f"{a} (A2A {h.config.url})" for a, h in bridge.hosted.items()]
             print(self.banner(settings, servers, agent_ids, models, tools), flush=True)
             if self.file is not None:
-                follower = self._follow(worker, tools, runtime)
+                follower = self._follow(worker, tools, runtime, bridge)
                 loop.add_signal_handler(signal.SIGHUP, follower.reload)
             if ready is not None:
                 ready.set()
@@ -165,6 +175,9 @@ class LocalMesh:
                 gateway.should_exit = True
                 with contextlib.suppress(Exception):
                     await gateway_task
+            if bridge is not None:
+                with contextlib.suppress(Exception):
+                    await bridge.stop()
             for agent in reversed(agents):
                 with contextlib.suppress(Exception):
                     await agent.stop()
@@ -232,27 +245,35 @@ class LocalMesh:
         """The gateway's live config (a reload of the file changes it in place)."""
         if self.file is None:
             return self._gateway_base
-        return self.file.doc.gateway().to_config(self._gateway_base)
+        doc = self.file.doc
+        return replace(doc.gateway().to_config(self._gateway_base), channels=doc.channels())
 
     def _follow(
-        self, worker: LLMWorker | None, tools: MCPWorker | None, runtime: RuntimeWorker | None
+        self,
+        worker: LLMWorker | None,
+        tools: MCPWorker | None,
+        runtime: RuntimeWorker | None,
+        bridge: A2ABridge | None = None,
     ) -> Follower:
         assert self.file is not None
         doc = self.file.doc
         parts = []
         if self.gateway_port is not None:
             parts.append(gateway_part(self._gateway_config, self._gateway_base, doc.gateway()))
+            parts.append(channels_part(self._gateway_config))
         if worker is not None:
             parts.append(llm_part(worker))
         if tools is not None:
             parts.append(mcp_part(tools))
         if runtime is not None:
             parts.append(runtime_part(runtime))
+        if bridge is not None:
+            parts.append(a2a_part(bridge))
         served = {p.section for p in parts}
         restart_only = [
             "servers",
             "agents",
-            *(s for s in ("models", "mcpServers") if s not in served),
+            *(s for s in ("models", "mcpServers", "a2a") if s not in served),
         ]
         applier = MeshFollower(doc, parts, restart_only=restart_only)
         follower = Follower(self.file.source, applier.on_text, current=self.file.text)

@@ -5,6 +5,9 @@
     mcpServers:  today's mcp.json map           (agentmesh.workers.mcp.config.MCPConfig)
     agents:      [module:attr, ...]             (what `agentmesh up` runs)
     runtime:     saved agents, templates, tool limits (agentmesh.agents.runtime.config)
+    a2a:         outside A2A agents served as mesh agents (agentmesh.workers.a2a.config)
+    channels:    Feishu, Lark and Slack apps the gateway takes chats from
+                                                (agentmesh.gateway.channels.config)
     servers:     nats/redis ports, data dir     (what `agentmesh up` starts)
 
 agentgateway's simplified format (`llm:`, `mcp:`) is translated on reading (agentgateway.py).
@@ -27,7 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agentmesh.agentgateway import is_agentgateway, translate, unset_variables
 from agentmesh.agents.runtime.config import RuntimeSection
+from agentmesh.gateway.channels.config import ChannelConfig, ChannelsSection
 from agentmesh.gateway.config import GatewaySection
+from agentmesh.workers.a2a.config import A2ASection
 from agentmesh.workers.config import (
     ConfigError,
     expand_env,
@@ -40,7 +45,16 @@ from agentmesh.workers.mcp.config import MCPConfig, ServerConfig
 
 M = TypeVar("M", bound=BaseModel)
 
-SECTIONS = ("gateway", "models", "mcpServers", "agents", "runtime", "servers")
+SECTIONS = (
+    "gateway",
+    "models",
+    "mcpServers",
+    "agents",
+    "runtime",
+    "a2a",
+    "channels",
+    "servers",
+)
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
@@ -75,6 +89,12 @@ class MeshConfig(BaseModel):
     )
     runtime: RuntimeSection | None = Field(
         None, description="The agent runtime: saved agents, templates, built-in tool limits."
+    )
+    a2a: A2ASection | None = Field(
+        None, description="Outside A2A agents served as mesh agents (`agentmesh worker a2a`)."
+    )
+    channels: list[ChannelConfig] | None = Field(
+        None, description="Chat apps (Feishu, Lark, Slack) whose messages reach mesh agents."
     )
     servers: ServersSection = Field(default_factory=ServersSection)
 
@@ -118,6 +138,25 @@ class MeshDocument:
             return None
         return self._section(RuntimeSection, "runtime", environ)
 
+    def a2a(self, environ: Mapping[str, str] | None = None) -> A2ASection | None:
+        if not self.has("a2a"):
+            return None
+        return self._section(A2ASection, "a2a", environ)
+
+    def channels(self, environ: Mapping[str, str] | None = None) -> tuple[ChannelConfig, ...]:
+        """The chat apps (the gateway's): names unique per kind, secrets expanded."""
+        if not self.has("channels"):
+            return ()
+        raw = {"channels": self.raw["channels"]}
+        env = os.environ if environ is None else environ
+        try:
+            section = ChannelsSection.model_validate(expand_env(raw, env, "channels"))
+        except KeyError as exc:
+            raise ConfigError(f"{self.source}: {exc.args[0]}") from None
+        except ValidationError as exc:
+            raise ConfigError(f"{self.source}: {_reasons(exc, ())}") from None
+        return tuple(section.channels)
+
     def servers(self, environ: Mapping[str, str] | None = None) -> ServersSection:
         return self._section(ServersSection, "servers", environ)
 
@@ -130,6 +169,7 @@ class MeshDocument:
         # The rules of the section models beyond their fields (unique names, enabled servers).
         self.llm(environ)
         self.mcp(environ)
+        self.channels(environ)
         return config
 
     def validate_part(self, section: str) -> MeshConfig:
@@ -145,11 +185,15 @@ class MeshDocument:
         except KeyError as exc:
             raise ConfigError(f"{self.source}: {exc.args[0]}") from None
         except ValidationError as exc:
-            reasons = []
-            for error in exc.errors():
-                where = ".".join(str(x) for x in (key, *error["loc"]))
-                reasons.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-            raise ConfigError(f"{self.source}: {'; '.join(reasons)}") from None
+            raise ConfigError(f"{self.source}: {_reasons(exc, (key,))}") from None
+
+
+def _reasons(exc: ValidationError, where: tuple[str, ...]) -> str:
+    return "; ".join(
+        f"{'.'.join(str(x) for x in (*where, *error['loc']))}: "
+        + error["msg"].removeprefix("Value error, ")
+        for error in exc.errors()
+    )
 
 
 def parse_document(text: str, *, source: str) -> MeshDocument:

@@ -95,8 +95,24 @@ class Tasks:
         Raises NotFound, or Conflict if it has finished."""
         return await self.store.cancel(task_id)
 
+    async def answer(
+        self,
+        task_id: str,
+        content: Any = None,
+        *,
+        input: Message | None = None,  # noqa: A002
+    ) -> TaskRecord:
+        """Answer a task that asked for input (`input-required`): it runs its next turn in its
+        conversation. Raises NotFound, or Conflict if it is not waiting for input."""
+        record = await self.get(task_id)
+        if input is None:
+            input = Message(content=to_parts(content), from_agent_id=self.sender_id)
+        input.conversation_id = record.spec.input.conversation_id
+        input.to_agent_id = record.spec.agent_id or record.asked_by
+        return await self.store.resume(task_id, input)
+
     async def wait(self, task_id: str, *, timeout: float | None = None) -> TaskRecord:
-        """The record once the task has finished (or as it is at `timeout`)."""
+        """The record once the task has finished or asks for input (or as it is at `timeout`)."""
         return await self.store.wait(task_id, timeout=timeout)
 
     async def events(

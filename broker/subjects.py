@@ -152,6 +152,10 @@ class Subjects:
         """Core NATS: a task was queued; idle executors look at the queue now."""
         return f"{self.prefix}.tasks.nudge"
 
+    def channel_replies(self) -> str:
+        """Chat channels' reply jobs, `<p>.channels.replies` (gateway/channels/replies.py)."""
+        return f"{self.prefix}.channels.replies"
+
     # The agent runtime (agents/runtime, broker/sessions.py) -------------------------------------
     def session_log(self, session_id: str | None = None) -> str:
         """A runtime session's turns, `<p>.sessions.log.<session_id>` (`None`: every session's)."""

@@ -40,6 +40,7 @@ from nats.js.kv import KeyValue
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.subjects import Subjects, validate_id
 from agentmesh.schemas.codec import decode, encode
+from agentmesh.schemas.envelope import Message
 from agentmesh.schemas.errors import (
     Conflict,
     InvalidMessage,
@@ -358,14 +359,67 @@ class TaskStore:
 
     async def _enqueue(self, record: TaskRecord) -> None:
         subject = self.subjects.task_queue(record.spec.priority.value)
+        # One queue entry per turn (JetStream drops a repeated id: a retried submit or resume).
+        entry_id = record.task_id + (f".{len(record.history)}" if record.history else "")
         with self._calling("queueing a task"):
             await self.js.publish(
                 subject,
                 record.task_id.encode(),
                 stream=self.names["task_queue"],
-                headers={"Nats-Msg-Id": record.task_id},
+                headers={"Nats-Msg-Id": entry_id},
             )
             await self.nc.publish(self.subjects.tasks_nudge(), b"")
+
+    async def resume(self, task_id: str, message: Message) -> TaskRecord:
+        """The caller's next message for a task that asked for input: the question and the
+        earlier input go to the record's `history`, `message` becomes its input, and the task is
+        queued again (a new turn, with `max_attempts` of its own). The same message again (a
+        retry after a lost answer) changes nothing, and queues a pending turn again.
+
+        Raises:
+            NotFound: no such task.
+            Conflict: the task is not waiting for input (running, or final).
+            PayloadTooLarge: the record with this turn does not fit a message.
+        """
+        validate_task_id(task_id)
+        repeated = False
+
+        def change(record: TaskRecord) -> TaskRecord | None:
+            nonlocal repeated
+            if record.status is not TaskStatus.INPUT_REQUIRED:
+                if record.spec.input.message_id == message.message_id:
+                    repeated = True
+                    return None
+                raise Conflict(
+                    f"task {task_id} is {record.status.value}: it takes no more input",
+                    details={"task_id": task_id, "status": record.status.value},
+                )
+            record.history += [record.spec.input, record.result or Message()]  # the question
+            record.spec.input, record.result = message, None
+            record.status, record.turn_start = TaskStatus.PENDING, len(record.attempts)
+            if len(data := encode(record)) > self._max_record():
+                raise PayloadTooLarge(
+                    f"the task with this turn is {len(data)} bytes; at most "
+                    f"{self._max_record()} fit",
+                    details={"size": len(data), "limit": self._max_record()},
+                )
+            return record
+
+        record = await self.update(task_id, change)
+        if record is None:
+            raise NotFound(f"no task {task_id!r}", details={"task_id": task_id})
+        if not repeated:
+            await self.append_event(
+                TaskEvent(
+                    task_id=task_id,
+                    kind=TaskEventKind.STATUS,
+                    status=TaskStatus.PENDING,
+                    data={"turn": len(record.history) // 2 + 1},
+                )
+            )
+        if record.status is TaskStatus.PENDING:
+            await self._enqueue(record)  # the first resume may have died before queueing
+        return record
 
     async def get(self, task_id: str) -> TaskRecord | None:
         """The task's record; None if there is no such task (or its id is malformed)."""
@@ -553,8 +607,8 @@ class TaskStore:
                 await sub.unsubscribe()
 
     async def wait(self, task_id: str, *, timeout: float | None = None) -> TaskRecord:
-        """The record once the task has finished (or as it is at `timeout`). Rides out a NATS
-        reconnect: the events are followed again from the last one seen.
+        """The record once the task has finished or asks for input (or as it is at `timeout`).
+        Rides out a NATS reconnect: the events are followed again from the last one seen.
 
         Raises:
             NotFound: no such task.
@@ -569,12 +623,14 @@ class TaskStore:
                         record = await self.get(task_id)
                         if record is None:
                             raise NotFound(f"no task {task_id!r}", details={"task_id": task_id})
-                        if record.status.terminal:
+                        if record.status.settled:
                             return record
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(WAIT_RECHECK):
                                 async for event in self.events(task_id, after=after, follow=True):
                                     after = event.seq or after
+                                    if event.status is not None and event.status.settled:
+                                        break  # read the record again
                     except Unavailable:
                         await asyncio.sleep(WAIT_RETRY)  # reconnecting: look again shortly
         if record is None:

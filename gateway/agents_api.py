@@ -87,6 +87,7 @@ async def send_message(
     With auth on, `from_agent_id` must match the key's agent patterns, and the message's
     `metadata.sender_key` is set to the key's id (whatever the body said)."""
     subject = state.bus.subjects.agent(body.to_agent_id)
+    principal.check_reach(body.to_agent_id)  # the key's to_agents patterns (403)
     if body.from_agent_id is not None:
         validate_id(body.from_agent_id, what="from_agent_id")
         principal.check_act_as(body.from_agent_id, what="send as")

@@ -46,6 +46,7 @@ from agentmesh.gateway import (
     websocket,
 )
 from agentmesh.gateway.bodies import JsonBodies
+from agentmesh.gateway.channels import routes as channels
 from agentmesh.gateway.cors import LiveCORS
 from agentmesh.gateway.limits import BodyLimit
 from agentmesh.gateway.mcp_server import FederatedMCP
@@ -133,7 +134,11 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
                 "(set AGENTMESH_AUTH=on and create keys with `agentmesh keys create`)"
             )
         try:
-            async with mcp.run(app.state.gateway):
+            async with (
+                mcp.run(app.state.gateway),
+                a2a.delivering(app.state.gateway),
+                channels.serving(app, app.state.gateway),
+            ):
                 yield
         finally:
             await service.stop()
@@ -164,6 +169,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.include_router(shared_config_api.router)
     app.include_router(shared_config_api.models_router)
     app.include_router(a2a.router)  # every mesh agent as an A2A server (gateway/a2a/)
+    app.include_router(channels.router)  # Feishu, Lark, Slack events (gateway/channels/)
     # A route, not a mount: a mount answers "/mcp" with a redirect to "/mcp/".
     app.router.routes.append(Route("/mcp", endpoint=mcp))
     openapi.install(app)

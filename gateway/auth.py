@@ -47,6 +47,9 @@ class Principal:
     tools: tuple[str, ...] | None = None
     # Agent ids the key may attach as and send as (`*`/`?` patterns); admin keys: any.
     agents: tuple[str, ...] = ()
+    # Agent ids the key may call (send to, submit tasks for, reach over A2A), as `*`/`?`
+    # patterns: `("a*", "support")`. None: every agent (also for admin keys, as for `tools`).
+    to_agents: tuple[str, ...] | None = None
 
     def allows(self, scope: Scope) -> bool:
         return Scope.ADMIN in self.scopes or scope in self.scopes
@@ -67,6 +70,33 @@ class Principal:
                 "patterns do not match (`agentmesh keys create NAME --agents PATTERN`)",
                 details={"agent_id": agent_id, "key_id": self.key_id},
             )
+
+    def may_reach(self, agent_id: str) -> bool:
+        """Whether the key may call `agent_id` (its `to_agents` patterns)."""
+        if self.to_agents is None:
+            return True
+        return any(fnmatchcase(agent_id, pattern) for pattern in self.to_agents)
+
+    def check_reach(self, agent_id: str | None) -> None:
+        """For the mesh's own routes (A2A answers a refused agent as a missing one instead).
+
+        Raises:
+            Forbidden: the key may not call `agent_id`; or, for a key limited to some agents,
+                no agent id is named (a task for an `agent_type` could reach any agent).
+        """
+        if self.to_agents is None or (agent_id is not None and self.may_reach(agent_id)):
+            return
+        if agent_id is None:
+            raise Forbidden(
+                f"key '{self.key_id}' ({self.name}) may call only some agents (its to_agents "
+                "patterns): name the agent by its id",
+                details={"key_id": self.key_id},
+            )
+        raise Forbidden(
+            f"key '{self.key_id}' ({self.name}) may not call agent '{agent_id}': its to_agents "
+            "patterns do not match (`agentmesh keys create NAME --to-agents PATTERN`)",
+            details={"agent_id": agent_id, "key_id": self.key_id},
+        )
 
     def may_use_tool(self, server: str, tool: str) -> bool:
         if self.tools is None:
@@ -155,6 +185,7 @@ def require(scope: Scope) -> Callable[[HTTPConnection], Awaitable[Principal]]:
             token_limit=record.token_limit,
             tools=record.tools,
             agents=record.agents,
+            to_agents=record.to_agents,
         )
         if not principal.allows(scope):
             raise Forbidden(

@@ -9,6 +9,10 @@ gateway:
   max_connections: 2000    # connections held at once (503 beyond); needs a restart
   handshake_timeout: 10    # seconds to send a request's headers before the connection is closed
   allow_mcp_commands: false  # POST /v1/tools/mcp may add stdio servers (programs MCP workers run)
+  public_url: https://agents.example.com  # A2A cards point here (default: X-Forwarded-*/Host)
+  a2a_default_agent: helper  # the card at /.well-known/agent-card.json
+  a2a_proxy:               # outside A2A agents at /a2a-proxy/<name>
+    weather: https://weather.example/a2a
   cors:
     allow_origins: ["https://app.example.com"]
     allow_credentials: true
@@ -22,10 +26,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agentmesh.gateway.cors import CORSPolicy
-from agentmesh.gateway.state import GatewayConfig
+from agentmesh.gateway.state import GatewayConfig, agent_id_or_none, http_url, proxy_targets
 
 DEFAULT_PORT = 8001
 # A running replica cannot move or resize its listener; the rest applies live.
@@ -66,6 +70,39 @@ class GatewaySection(BaseModel):
         description="`POST /v1/tools/mcp` may add stdio MCP servers (a `command` that every MCP "
         "worker following the shared config runs); off: only URL servers.",
     )
+    public_url: str | None = Field(
+        None,
+        description="The gateway's URL as clients reach it (http or https, a path prefix "
+        "allowed); A2A cards point there. Default: per request, from X-Forwarded-Proto/"
+        "X-Forwarded-Host or Host.",
+        examples=["https://agents.example.com"],
+    )
+    a2a_default_agent: str | None = Field(
+        None,
+        description="The agent whose A2A card `/.well-known/agent-card.json` serves "
+        "(404 without one, or while it is offline).",
+    )
+    a2a_proxy: dict[str, str] = Field(
+        default_factory=dict,
+        description="Outside A2A agents proxied at `/a2a-proxy/<name>`: name → the URL the "
+        "agent's card is under (`<url>/.well-known/agent-card.json`).",
+        examples=[{"weather": "https://weather.example/a2a"}],
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return http_url(value, what="public URL")
+
+    @field_validator("a2a_default_agent")
+    @classmethod
+    def _default_agent(cls, value: str | None) -> str | None:
+        return agent_id_or_none(value)
+
+    @field_validator("a2a_proxy")
+    @classmethod
+    def _proxy(cls, value: dict[str, str]) -> dict[str, str]:
+        return proxy_targets(value)
 
     def to_config(self, base: GatewayConfig) -> GatewayConfig:
         """`base` (from the environment) with the options this section sets."""
@@ -77,6 +114,9 @@ class GatewaySection(BaseModel):
             "max_connections",
             "handshake_timeout",
             "allow_mcp_commands",
+            "public_url",
+            "a2a_default_agent",
+            "a2a_proxy",
         }
         changes: dict[str, Any] = {
             name: getattr(self, name) for name in self.model_fields_set & live

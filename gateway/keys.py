@@ -1,9 +1,10 @@
 """API keys of the gateway: created once, stored hashed in JetStream KV, shared by every replica.
 
 A key reads `amk_<key_id>_<secret>`. The KV bucket `agentmesh_keys` holds, per key, the JSON
-record `<p>.<key_id>` (key_id, name, scopes, rate_limit, token_limit, tools, agents, created_at,
-hash: the key's SHA-256); never the key itself. `tools` is a list of `server/tool` patterns, or
-null for every tool. Keys made before JetStream held them are moved there by `gateway.migration`.
+record `<p>.<key_id>` (key_id, name, scopes, rate_limit, token_limit, tools, agents, to_agents,
+created_at, hash: the key's SHA-256); never the key itself. `tools` is a list of `server/tool`
+patterns, or null for every tool; `to_agents` a list of agent id patterns, or null for every
+agent. Keys made before JetStream held them are moved there by `gateway.migration`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class KeyRecord:
     # Agent ids the key may attach as (WebSocket) and send as (`from_agent_id`), as patterns
     # with `*`/`?` wildcards (`"bot-*"`, `"*"`). (): none, the default; admin keys: every id.
     agents: tuple[str, ...] = ()
+    # Agent ids the key may call (send to, tasks for, A2A), as `*`/`?` patterns. None: every
+    # agent; (): none.
+    to_agents: tuple[str, ...] | None = None
 
 
 def hash_key(key: str) -> str:
@@ -132,13 +136,15 @@ def _check_tool_pattern(text: str) -> None:
         )
 
 
-def parse_agent_patterns(values: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...]:
+def parse_agent_patterns(
+    values: list[str] | tuple[str, ...] | str | None, *, field: str = "agents"
+) -> tuple[str, ...]:
     """Agent id patterns from `["bot-*", "support"]` or `"bot-*,support"`, deduplicated in
     order; `None` or empty gives `()` (attach and speak as no agent). A pattern holds what an
     agent id may hold (letters, digits, `_`, `-`) plus the wildcards `*` and `?`.
 
     Raises:
-        InvalidMessage: a malformed pattern.
+        InvalidMessage: a malformed pattern (`field` names the field in its details).
     """
     if values is None:
         return ()
@@ -150,11 +156,31 @@ def parse_agent_patterns(values: list[str] | tuple[str, ...] | str | None) -> tu
             shown = repr(item)[:80]
             raise InvalidMessage(
                 f"invalid agent pattern {shown}: use agent ids with * or ? wildcards, e.g. 'bot-*'",
-                details={"field": "agents"},
+                details={"field": field},
             )
         if text:
             out[text] = None
     return tuple(out)
+
+
+def parse_to_agent_patterns(
+    values: list[str] | tuple[str, ...] | str | None,
+) -> tuple[str, ...] | None:
+    """The agents a key may call, as `parse_agent_patterns` reads them, but `None` stays `None`
+    (every agent) and an empty list gives `()` (no agent at all).
+
+    Raises:
+        InvalidMessage: a malformed pattern, or a string with no pattern in it.
+    """
+    if values is None:
+        return None
+    patterns = parse_agent_patterns(values, field="to_agents")
+    if not patterns and isinstance(values, str):
+        raise InvalidMessage(
+            "no agent pattern given: use agent ids with * or ? wildcards, e.g. 'a*'",
+            details={"field": "to_agents"},
+        )
+    return patterns
 
 
 def validate_name(name: object) -> str:
@@ -199,21 +225,24 @@ class KeyStore:
         token_limit: Limit | None = None,
         tools: tuple[str, ...] | list[str] | None = None,
         agents: tuple[str, ...] | list[str] | None = None,
+        to_agents: tuple[str, ...] | list[str] | None = None,
     ) -> tuple[str, KeyRecord]:
         """A new key. The plaintext is returned here once and stored nowhere.
 
         `tools`: `server/tool` patterns of the MCP tools the key may use; `None`: every tool.
         `agents`: agent id patterns the key may attach as and send as; `None`: none.
+        `to_agents`: agent id patterns of the agents the key may call; `None`: every agent.
 
         Raises:
             InvalidMessage: a bad name, no scopes, a limit below one request (or token) per
-                period, or a malformed tool pattern.
+                period, or a malformed tool or agent pattern.
             Unavailable: JetStream cannot be reached.
         """
         validate_name(name)
         scopes = parse_scopes([str(s) for s in scopes])
         tools = parse_tool_patterns(None if tools is None else list(tools))
         agents = parse_agent_patterns(None if agents is None else list(agents))
+        to_agents = parse_to_agent_patterns(None if to_agents is None else list(to_agents))
         for field, limit, unit in (
             ("rate_limit", rate_limit, "request"),
             ("token_limit", token_limit, "token"),
@@ -236,6 +265,7 @@ class KeyStore:
             token_limit=token_limit,
             tools=tools,
             agents=agents,
+            to_agents=to_agents,
         )
         if not await self.adopt(record, hash_key(key)):
             raise InvalidMessage("key id collision; create the key again")  # 2**-62: never
@@ -286,6 +316,7 @@ def _document(record: KeyRecord, key_hash: str) -> dict[str, Any]:
         "token_limit": None if record.token_limit is None else str(record.token_limit),
         "tools": None if record.tools is None else list(record.tools),
         "agents": list(record.agents),
+        "to_agents": None if record.to_agents is None else list(record.to_agents),
         "created_at": record.created_at,
         "hash": key_hash,
     }
@@ -305,8 +336,9 @@ def _record(key_id: str, doc: dict[str, Any] | None) -> KeyRecord | None:
         rate_limit=_stored_limit(doc.get("rate_limit")),
         created_at=float(created) if isinstance(created, int | float) else 0.0,
         token_limit=_stored_limit(doc.get("token_limit")),
-        tools=_stored_tools(doc.get("tools", None)),
+        tools=_stored_patterns(doc.get("tools", None)),
         agents=_stored_agents(doc.get("agents")),
+        to_agents=_stored_patterns(doc.get("to_agents", None)),
     )
 
 
@@ -316,11 +348,12 @@ def _stored_limit(value: object) -> Limit | None:
     return Limit.parse(value)
 
 
-def _stored_tools(value: object) -> tuple[str, ...] | None:
-    if value is None:  # every tool
+def _stored_patterns(value: object) -> tuple[str, ...] | None:
+    """`tools` or `to_agents` as stored: None is every one."""
+    if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        return ()  # a damaged record grants no tool rather than every tool
+        return ()  # a damaged record grants none rather than every one
     return tuple(value)
 
 

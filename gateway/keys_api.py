@@ -75,6 +75,13 @@ class CreateKeyRequest(BaseModel):
         "as patterns with * and ? wildcards (e.g. 'bot-*'); omitted: none (admin keys: any)",
         examples=[["bot-*", "support"]],
     )
+    to_agents: Annotated[list[str] | None, _nullable(_strings(AGENT_PATTERN, 128))] = Field(
+        default=None,
+        description="Agent ids the key may call (/gateway/send, tasks, WebSocket sends, "
+        "/v1/infer agent_id, A2A), as patterns with * and ? wildcards (e.g. 'a*'); omitted: "
+        "every agent",
+        examples=[["a*", "support"]],
+    )
 
 
 class KeyInfo(BaseModel):
@@ -89,6 +96,9 @@ class KeyInfo(BaseModel):
     agents: list[str] = Field(
         default_factory=list, description="agent id patterns the key may attach and send as."
     )
+    to_agents: list[str] | None = Field(
+        default=None, description="agent id patterns of the agents it may call; null: every agent."
+    )
     created_at: str
 
     @classmethod
@@ -101,6 +111,7 @@ class KeyInfo(BaseModel):
             token_limit=None if record.token_limit is None else str(record.token_limit),
             tools=None if record.tools is None else list(record.tools),
             agents=list(record.agents),
+            to_agents=None if record.to_agents is None else list(record.to_agents),
             created_at=iso_utc(record.created_at),
         )
 
@@ -137,6 +148,7 @@ async def create_key(
         token_limit=_limit(body.token_limit, "token_limit"),
         tools=body.tools,
         agents=body.agents,
+        to_agents=body.to_agents,
     )
     return CreatedKey(**KeyInfo.of(record).model_dump(), key=key)
 

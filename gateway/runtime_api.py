@@ -223,6 +223,8 @@ async def start_inference(
         MeshError: what the runtime reports (INVALID_MESSAGE, MODEL_NOT_FOUND, ...).
     """
     request = body.request()
+    if request.agent_id is not None:  # a saved agent is a mesh agent: to_agents apply
+        principal.check_reach(request.agent_id)
     await _check_tools(state, principal, request.tool_ids)
     meter = await Meter.start(state, principal, _estimate(request))
     bus = state.bus

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from starlette.requests import HTTPConnection
@@ -17,7 +18,9 @@ from agentmesh.broker.ratelimit import RateLimiter
 from agentmesh.broker.registry import Registry
 from agentmesh.broker.sessions import SessionStore
 from agentmesh.broker.settings import Settings
+from agentmesh.broker.subjects import ID_RE
 from agentmesh.broker.tasks import TaskStore
+from agentmesh.gateway.channels.config import ChannelConfig
 from agentmesh.gateway.cors import CORSPolicy
 
 if TYPE_CHECKING:
@@ -47,6 +50,21 @@ class GatewayConfig:
     # AGENTMESH_GATEWAY_ALLOW_MCP_COMMANDS: `POST /v1/tools/mcp` may add stdio MCP servers (a
     # `command` every MCP worker following the shared config runs); off: URL servers only.
     allow_mcp_commands: bool = False
+    # AGENTMESH_GATEWAY_A2A_PUSH_ALLOW_PRIVATE: A2A push notification webhooks may be at private,
+    # loopback or link-local addresses (off: such a config is refused, and never posted to).
+    a2a_push_allow_private: bool = False
+    # AGENTMESH_GATEWAY_PUBLIC_URL: the gateway's URL as clients reach it (`https://mesh.example`,
+    # a path prefix allowed); A2A cards point there. None: per request, from X-Forwarded-*/Host.
+    public_url: str | None = None
+    # AGENTMESH_GATEWAY_A2A_DEFAULT_AGENT: the agent whose A2A card `/.well-known/agent-card.json`
+    # serves (none: 404).
+    a2a_default_agent: str | None = None
+    # AGENTMESH_GATEWAY_A2A_PROXY (`name=url,...`): outside A2A agents the gateway proxies at
+    # `/a2a-proxy/<name>`, each the URL its card is under (`<url>/.well-known/agent-card.json`).
+    a2a_proxy: dict[str, str] = field(default_factory=dict)
+    # The mesh file's `channels:` list (gateway/channels/): chat apps whose events come to
+    # `/channels/<kind>/<name>/events`. Only from the file (their secrets: `${VAR}` there).
+    channels: tuple[ChannelConfig, ...] = ()
 
     def apply(self, new: GatewayConfig) -> list[str]:
         """Take `new`'s values in place (every holder sees them at once); the names changed."""
@@ -62,6 +80,7 @@ class GatewayConfig:
         env = os.environ if environ is None else environ
         auth = _flag(env.get("AGENTMESH_AUTH", "off"))
         allow_mcp_commands = _flag(env.get("AGENTMESH_GATEWAY_ALLOW_MCP_COMMANDS", "off"))
+        push_private = _flag(env.get("AGENTMESH_GATEWAY_A2A_PUSH_ALLOW_PRIVATE", "off"))
         admin_token = env.get("AGENTMESH_ADMIN_TOKEN", "").strip() or None
         if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN_LEN:
             raise ValueError(
@@ -77,6 +96,9 @@ class GatewayConfig:
             handshake = float(
                 env.get("AGENTMESH_GATEWAY_HANDSHAKE_TIMEOUT", "") or cls.handshake_timeout
             )
+            public_url = http_url(env.get("AGENTMESH_GATEWAY_PUBLIC_URL", ""), what="public URL")
+            default_agent = agent_id_or_none(env.get("AGENTMESH_GATEWAY_A2A_DEFAULT_AGENT", ""))
+            a2a_proxy = proxy_targets(env.get("AGENTMESH_GATEWAY_A2A_PROXY", ""))
         except ValueError as exc:
             raise ValueError(f"bad AGENTMESH_GATEWAY_* setting: {exc}") from None
         if most is not None and most < 1:
@@ -91,7 +113,65 @@ class GatewayConfig:
             max_connections=most,
             handshake_timeout=handshake,
             allow_mcp_commands=allow_mcp_commands,
+            a2a_push_allow_private=push_private,
+            public_url=public_url,
+            a2a_default_agent=default_agent,
+            a2a_proxy=a2a_proxy,
         )
+
+
+def http_url(text: str | None, *, what: str) -> str | None:
+    """`text` as an absolute http(s) URL without query, fragment or trailing `/`; None if blank.
+
+    Raises:
+        ValueError: not such a URL.
+    """
+    text = (text or "").strip()
+    if not text:
+        return None
+    parts = urlsplit(text)
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise ValueError(f"{what} {text!r} has a bad port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} {text!r} is not an http:// or https:// URL with a host")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"{what} {text!r} may have no query, fragment or user name")
+    return text.rstrip("/")
+
+
+def agent_id_or_none(text: str | None) -> str | None:
+    """An agent id (None if blank). Raises ValueError: not an agent id."""
+    text = (text or "").strip()
+    if text and not ID_RE.fullmatch(text):
+        raise ValueError(f"a2a default agent {text!r} is not an agent id")
+    return text or None
+
+
+def proxy_targets(given: str | dict[str, str] | None) -> dict[str, str]:
+    """The proxied outside agents, from `{"weather": url}` or `"weather=url,news=url"`.
+
+    Raises:
+        ValueError: a name that is not an id, a bad URL, a name given twice.
+    """
+    if isinstance(given, dict):
+        pairs = list(given.items())
+    else:
+        items = [item.strip() for item in (given or "").split(",") if item.strip()]
+        pairs = [tuple(item.partition("=")[::2]) for item in items]
+    out: dict[str, str] = {}
+    for name, url in pairs:
+        name = name.strip()
+        if not ID_RE.fullmatch(name):
+            raise ValueError(f"a2a proxy name {name!r} is not an id (letters, digits, _ and -)")
+        if name in out:
+            raise ValueError(f"a2a proxy {name!r} is given twice")
+        target = http_url(url, what=f"a2a proxy {name!r} URL")
+        if target is None:
+            raise ValueError(f"a2a proxy {name!r} has no URL (name=https://...)")
+        out[name] = target
+    return out
 
 
 def _flag(text: str) -> bool:

@@ -118,6 +118,28 @@ class TaskRequest(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class TaskAnswer(BaseModel):
+    """`POST /v1/tasks/{task_id}/input`: the caller's next message for a task that asked for
+    input (`input-required`), in the task's conversation."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [_given("task_description", "string"), _given("input", "object")]
+        },
+    )
+
+    task_description: str | None = Field(
+        None, min_length=1, description="Shorthand for an input of one text part."
+    )
+    input: TaskInput | None = Field(
+        None, description="Its `message_id` makes a retry safe: the same answer again is a no-op."
+    )
+    from_agent_id: str | None = Field(
+        None, json_schema_extra=_ID, description="As on POST /v1/tasks."
+    )
+
+
 # Answers -------------------------------------------------------------------------------------
 class AttemptBody(BaseModel):
     number: int
@@ -153,7 +175,13 @@ class TaskBody(BaseModel):
     metadata: dict[str, Any]
     attempt: int = Field(description="How many attempts started.")
     attempts: list[AttemptBody]
-    result: Message | None = Field(description="The reply, once completed.")
+    result: Message | None = Field(
+        description="The reply, once completed; the agent's question while input-required."
+    )
+    history: list[Message] = Field(
+        description="Earlier turns of a task that asked for input: each input, then the "
+        "agent's question. `input` is the current turn's."
+    )
     result_text: str | None = Field(description="The result's text parts joined.")
     error: ErrorInfo | None
     cancel_requested: bool
@@ -189,6 +217,7 @@ class TaskBody(BaseModel):
             attempt=record.attempt,
             attempts=[AttemptBody.of(a) for a in record.attempts],
             result=record.result,
+            history=record.history,
             result_text=None if record.result is None else _text(record.result),
             error=record.error,
             cancel_requested=record.cancel_requested,

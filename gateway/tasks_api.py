@@ -27,6 +27,7 @@ from agentmesh.gateway.task_models import (
     TASK_ID_PATTERN,
     TRACE_ID_PATTERN,
     SubmitResponse,
+    TaskAnswer,
     TaskBody,
     TaskRequest,
     TasksResponse,
@@ -166,7 +167,7 @@ async def submit_task(
     spec = TaskSpec(
         agent_id=body.agent_id,
         agent_type=body.agent_type,
-        input=_input(body, principal),
+        input=_input(body, principal, to_agent_id=body.agent_id),
         trace_id=body.trace_id,
         priority=body.priority,
         deadline=body.deadline,
@@ -176,6 +177,7 @@ async def submit_task(
         idempotency_key=_idempotency_key(body.idempotency_key, idempotency_key, principal),
         metadata=stamp_sender(body.metadata, principal),
     )
+    principal.check_reach(spec.agent_id)  # to_agents: a limited key must name an allowed agent
     ref = await state.tasks.submit(spec)
     record = await state.tasks.get(ref.task_id) or TaskRecord(
         task_id=ref.task_id, status=ref.status, spec=spec
@@ -184,7 +186,9 @@ async def submit_task(
     return JSONResponse(answer.model_dump(mode="json"), status_code=201 if ref.created else 200)
 
 
-def _input(body: TaskRequest, principal: Principal) -> Message:
+def _input(
+    body: TaskRequest | TaskAnswer, principal: Principal, *, to_agent_id: str | None
+) -> Message:
     if (body.task_description is None) == (body.input is None):
         raise InvalidMessage(
             "give task_description or input, exactly one", details={"field": "input"}
@@ -204,7 +208,7 @@ def _input(body: TaskRequest, principal: Principal) -> Message:
         content: list[Any] = [TextPart(text=body.task_description or "")]
         return Message(
             from_agent_id=sender,
-            to_agent_id=body.agent_id,
+            to_agent_id=to_agent_id,
             content=content,
             metadata=stamp_sender({}, principal),
         )
@@ -212,7 +216,7 @@ def _input(body: TaskRequest, principal: Principal) -> Message:
         message_id=given.message_id or new_id(),
         conversation_id=given.conversation_id,
         from_agent_id=sender,
-        to_agent_id=body.agent_id,
+        to_agent_id=to_agent_id,
         content=given.content,
         metadata=stamp_sender(given.metadata, principal),
         timestamp=given.timestamp if given.timestamp is not None else time.time(),
@@ -293,6 +297,28 @@ async def cancel_task(
     return TaskBody.of(await state.tasks.cancel(task_id))
 
 
+@router.post(
+    "/v1/tasks/{task_id}/input",
+    response_model=TaskBody,
+    responses=responses(*BODY_STATUSES, 404, 409),
+)
+async def answer_task(
+    body: TaskAnswer,
+    task_id: str = _TASK_ID,
+    state: GatewayState = Depends(get_state),
+    principal: Principal = Depends(require(Scope.SEND)),
+) -> TaskBody:
+    """The caller's answer to a task that asked for input: the task runs its next turn, in its
+    conversation (`pending` again; its earlier turns in `history`). A task not waiting for input
+    is a 409, unless this is the same answer again (its `input.message_id`)."""
+    record = await _record(state, task_id)
+    agent_id = record.spec.agent_id or record.asked_by
+    principal.check_reach(agent_id)  # to_agents, as when it was submitted
+    answer = _input(body, principal, to_agent_id=agent_id)
+    answer.conversation_id = record.spec.input.conversation_id
+    return TaskBody.of(await state.tasks.resume(task_id, answer))
+
+
 @router.get("/v1/tasks/{task_id}/wait", response_model=TaskBody, responses=responses(404))
 async def wait_task(
     request: Request,
@@ -303,9 +329,10 @@ async def wait_task(
     state: GatewayState = Depends(get_state),
     _: Principal = Depends(require(Scope.AGENTS_READ)),
 ) -> TaskBody:
-    """The task once it has finished, or as it is at the timeout (check `status`)."""
+    """The task once it has finished or asks for input (`input-required`), or as it is at the
+    timeout (check `status`)."""
     record = await _record(state, task_id)
-    if record.status.terminal or timeout <= 0:
+    if record.status.settled or timeout <= 0:
         return TaskBody.of(record)
     waiting = asyncio.ensure_future(state.tasks.wait(task_id, timeout=timeout))
     drain = asyncio.ensure_future(draining(request).wait())

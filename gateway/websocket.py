@@ -389,6 +389,7 @@ class Session:
     # Messages from the agent -----------------------------------------------------------------
     async def _start_send(self, frame: SendFrame) -> None:
         subject = self.subjects.agent(frame.to_agent_id)  # InvalidId before anything is sent
+        self.principal.check_reach(frame.to_agent_id)  # the key's to_agents patterns
         limit = self.state.settings.max_concurrency
         if len(self._sends) >= limit:
             raise RateLimited(f"{limit} sends are in flight on this socket: wait for results")

@@ -23,6 +23,7 @@ class ServiceKind(StrEnum):
     MCP_WORKER = "mcp-worker"
     EXECUTOR = "executor"
     RUNTIME_WORKER = "runtime-worker"
+    A2A_BRIDGE = "a2a-bridge"
 
 
 class Serves(BaseModel):

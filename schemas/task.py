@@ -5,6 +5,11 @@ A task is a mesh call made durable: a target (an agent id, or an agent type any 
 type may take), an input Message, and the record of its attempts, result or error and events.
 Its status holds the seed's four values and A2A's task states: `pending` is A2A `submitted`,
 `running` is A2A `working`; the others are the same word.
+
+An agent asks for more input by replying with `metadata.task_state = "input-required"`
+(`needs_input(...)` builds such a reply; `"rejected"` refuses the task): the task then waits,
+not final, with the question as its result, until the caller sends the next message for it
+(`TaskStore.resume`), which runs as the task's next turn in the same conversation.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentmesh.schemas.envelope import Chunk, Message
+from agentmesh.schemas.envelope import Chunk, Message, to_parts
 from agentmesh.schemas.errors import ErrorInfo
 
 
@@ -34,6 +39,11 @@ class TaskStatus(StrEnum):
         return self in _TERMINAL
 
     @property
+    def settled(self) -> bool:
+        """Final, or waiting for the caller's input: nothing will happen until someone acts."""
+        return self in _TERMINAL or self is TaskStatus.INPUT_REQUIRED
+
+    @property
     def a2a_state(self) -> str:
         """The A2A TaskState name of this status."""
         return _A2A.get(self, self.value)
@@ -43,6 +53,27 @@ _TERMINAL = frozenset(
     {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELED, TaskStatus.REJECTED}
 )
 _A2A = {TaskStatus.PENDING: "submitted", TaskStatus.RUNNING: "working"}
+
+TASK_STATE = "task_state"  # the reply metadata key an agent sets to ask for input or refuse
+_REPLY_STATES = {
+    TaskStatus.INPUT_REQUIRED.value: TaskStatus.INPUT_REQUIRED,
+    TaskStatus.REJECTED.value: TaskStatus.REJECTED,
+}
+
+
+def needs_input(content: Any, **metadata: Any) -> Message:
+    """A reply that asks the caller for more input: the task waits as `input-required` and
+    the caller's next message for it continues it (`return needs_input("Which city?")`)."""
+    metadata[TASK_STATE] = TaskStatus.INPUT_REQUIRED.value
+    return Message(content=to_parts(content), metadata=metadata)
+
+
+def reply_status(reply: Message) -> TaskStatus:
+    """The status a reply gives its task: `completed` unless its `task_state` says otherwise."""
+    state = reply.metadata.get(TASK_STATE)
+    if not isinstance(state, str):
+        return TaskStatus.COMPLETED
+    return _REPLY_STATES.get(state, TaskStatus.COMPLETED)
 
 
 class Priority(StrEnum):
@@ -111,10 +142,27 @@ class TaskRecord(BaseModel):
     finished_at: float | None = None
     next_attempt_at: float | None = None  # a retry waits until then
     cancel_requested: bool = False
+    # Earlier turns of a task that asked for input: each input, then the agent's question. The
+    # current turn is `spec.input` (and `result`); its attempts are `attempts[turn_start:]`.
+    history: list[Message] = Field(default_factory=list)
+    turn_start: int = 0
 
     @property
     def attempt(self) -> int:
         return len(self.attempts)
+
+    @property
+    def asked_by(self) -> str | None:
+        """The agent that asked for input (ran the previous turn's last attempt): a later turn
+        of an `agent_type` task goes to it, which holds the conversation."""
+        if self.turn_start == 0 or self.turn_start > len(self.attempts):
+            return None
+        return self.attempts[self.turn_start - 1].agent_id
+
+    @property
+    def turn_attempts(self) -> int:
+        """The attempts of the current turn (each turn has `max_attempts`)."""
+        return len(self.attempts) - self.turn_start
 
 
 class TaskEventKind(StrEnum):

@@ -22,11 +22,14 @@ import redis.asyncio as aioredis
 
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.client import MeshClient
+from agentmesh.agents.context import Context
 from agentmesh.broker.bus import Bus
 from agentmesh.broker.connections import connect_redis
 from agentmesh.broker.durable import DurableState
 from agentmesh.broker.servers import NatsServer, RedisServer
 from agentmesh.broker.settings import Settings
+from agentmesh.schemas.envelope import Message
+from agentmesh.schemas.task import needs_input
 from agentmesh.workers.executor import Executor
 
 # LLM workers and fake upstreams, for the worker and gateway tests alike.
@@ -203,6 +206,27 @@ async def start_executor(settings: Settings) -> AsyncIterator[StartExecutor]:
     yield start
     for executor in reversed(started):
         await executor.stop()
+
+
+@pytest.fixture
+async def weather(start_agent: StartAgent, start_executor: StartExecutor) -> list[Message]:
+    """Agent `weather` with an executor: it asks which city (`needs_input`) until told Oslo,
+    and refuses a task that says "refuse"; the messages it got, in order."""
+    got: list[Message] = []
+    agent = Agent("weather")
+
+    @agent.handler
+    async def handle(msg: Message, ctx: Context) -> object:
+        got.append(msg)
+        if msg.text == "refuse":
+            return Message(content=[], metadata={"task_state": "rejected"})
+        if "oslo" not in msg.text.lower():
+            return needs_input("Which city?", asked="city")
+        return f"sunny in Oslo ({len(got)} turns)"
+
+    await start_agent(agent)
+    await start_executor()
+    return got
 
 
 @pytest.fixture

@@ -333,3 +333,12 @@ volumes:
         },
         "volumes": {"data": {}},
     }
+
+
+def test_the_a2a_bridge_runs_only_under_its_profile_on_a_mounted_mesh_file() -> None:
+    bridge = _config()["services"]["a2a-bridge"]
+    # No outside agent is configured by default: nothing starts unless `--profile a2a` asks.
+    assert bridge.get("profiles") == ["a2a"]
+    command = _command(bridge)
+    assert command[:3] == ["worker", "a2a", "--file"]
+    assert command[3] in [target for _, target in _mounts(bridge)]

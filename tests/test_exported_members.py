@@ -50,6 +50,7 @@ def test_all_is_the_pinned_sorted_list_of_exported_names() -> None:
         "Unauthorized",
         "Unavailable",
         "__version__",
+        "needs_input",
     ]
 
 

@@ -1,6 +1,7 @@
 """A mesh agent's A2A card, built from its card in the registry on each request.
 
-`supportedInterfaces` point at the gateway's public URL as the client reached it
+`supportedInterfaces` point at the gateway's public URL: the configured one
+(`AGENTMESH_GATEWAY_PUBLIC_URL`, `gateway.public_url`), else as the client reached it
 (`X-Forwarded-Proto`/`X-Forwarded-Host`, else `Host`), never at an internal address:
 
     JSONRPC    1.0 and 0.3   <base>/a2a/<agent_id>   (POST; the method names of both versions)
@@ -30,6 +31,7 @@ from a2a.utils.constants import PROTOCOL_VERSION_0_3, PROTOCOL_VERSION_1_0, Tran
 from google.protobuf.json_format import ParseDict, ParseError
 from starlette.requests import HTTPConnection
 
+from agentmesh.gateway.state import state_of
 from agentmesh.schemas.agent import AgentCard as MeshCard
 
 logger = logging.getLogger(__name__)
@@ -47,7 +49,11 @@ def _first(value: str | None) -> str | None:
 
 
 def public_base(conn: HTTPConnection) -> str:
-    """The gateway's URL as the client sees it, without a trailing slash."""
+    """The gateway's URL as the client sees it, without a trailing slash: the configured
+    public URL, else from the request's forwarded headers."""
+    configured = state_of(conn).config.public_url
+    if configured:
+        return configured
     headers = conn.headers
     proto = _first(headers.get("x-forwarded-proto")) or conn.url.scheme
     host = _first(headers.get("x-forwarded-host")) or headers.get("host") or conn.url.netloc
@@ -104,7 +110,7 @@ def build_card(card: MeshCard, url: str, *, auth: bool) -> AgentCard:
         description=card.description or f"{name}, an agent of the mesh",
         version=card.version or NO_VERSION,
         capabilities=AgentCapabilities(
-            streaming=True, push_notifications=False, extended_agent_card=False
+            streaming=True, push_notifications=True, extended_agent_card=False
         ),
         default_input_modes=_modes(card, "input_modes"),
         default_output_modes=_modes(card, "output_modes"),

@@ -10,7 +10,6 @@ is its status message. Parts: `text` ⇄ TextPart, `data` ⇄ DataPart, `raw` �
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from a2a.types.a2a_pb2 import (
@@ -24,15 +23,21 @@ from a2a.types.a2a_pb2 import (
     TaskStatus,
     TaskStatusUpdateEvent,
 )
-from a2a.utils.errors import InvalidParamsError
-from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
-from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import ValidationError
-from pydantic_core import to_jsonable_python
 
 from agentmesh.schemas import envelope
-from agentmesh.schemas.envelope import DataPart, FilePart, ImagePart, TextPart, new_id
+
+# The part and message conversions the bridge to outside agents shares (workers/a2a).
+from agentmesh.schemas.a2a import (  # noqa: F401 - part_in, message_in, metadata_in: handler.py
+    message_in,
+    message_out,
+    metadata_in,
+    part_in,
+    part_out,
+    parts_out,
+)
+from agentmesh.schemas.a2a import metadata_struct as _struct
+from agentmesh.schemas.envelope import DataPart, TextPart
 from agentmesh.schemas.errors import ErrorInfo
 from agentmesh.schemas.task import TaskRecord
 from agentmesh.schemas.task import TaskStatus as MeshStatus
@@ -75,56 +80,7 @@ def _timestamp(seconds: float) -> Timestamp:
     return stamp
 
 
-def _struct(metadata: dict[str, Any]) -> Struct | None:
-    """`metadata` as a Struct (values JSON cannot hold become their JSON form); None if empty."""
-    if not metadata:
-        return None
-    out = Struct()
-    out.update(to_jsonable_python(metadata, fallback=str, bytes_mode="base64"))
-    return out
-
-
 # Mesh → A2A ----------------------------------------------------------------------------------
-def part_out(part: Any) -> Part:
-    if isinstance(part, TextPart):
-        return Part(text=part.text)
-    if isinstance(part, DataPart):
-        value = Value()
-        ParseDict(to_jsonable_python(part.data, fallback=str, bytes_mode="base64"), value)
-        return Part(data=value, media_type="application/json")
-    out = Part(filename=part.name or "", media_type=part.mime_type or "")
-    if part.bytes is not None:
-        out.raw = part.bytes
-    else:
-        out.url = part.uri or ""
-    return out
-
-
-def parts_out(parts: list[Any]) -> list[Part]:
-    return [part_out(p) for p in parts]
-
-
-def message_out(
-    message: envelope.Message | envelope.Chunk,
-    *,
-    role: Role,
-    task_id: str = "",
-    context_id: str = "",
-    message_id: str | None = None,
-) -> Message:
-    out = Message(
-        message_id=message_id or getattr(message, "message_id", None) or new_id(),
-        role=role,
-        task_id=task_id,
-        context_id=context_id,
-        parts=parts_out(message.content),
-    )
-    metadata = _struct({k: v for k, v in message.metadata.items() if k != "sender_key"})
-    if metadata is not None:
-        out.metadata.CopyFrom(metadata)
-    return out
-
-
 def _agent_note(text: str, record: TaskRecord, data: Any = None) -> Message:
     content: list[Any] = [TextPart(text=text)]
     if data is not None:
@@ -155,6 +111,8 @@ def status_out(
     out = TaskStatus(state=state_of(status), timestamp=_timestamp(at or record.updated_at))
     if message is None and status.terminal and record.error is not None:
         message = error_note(record.error, record)
+    if message is None and status is MeshStatus.INPUT_REQUIRED and record.result is not None:
+        message = agent_message(record.result, record)  # the agent's question
     if message is not None:
         out.message.CopyFrom(message)
     return out
@@ -163,8 +121,8 @@ def status_out(
 def result_artifact(record: TaskRecord) -> Artifact | None:
     """The reply's parts as the task's one artifact (None before there is a reply)."""
     result = record.result
-    if result is None:
-        return None
+    if result is None or record.status is MeshStatus.INPUT_REQUIRED:
+        return None  # no reply yet; or a question, which is the status message
     parts = parts_out(result.content) or [Part(text="")]  # an artifact needs a part
     artifact = Artifact(artifact_id=result_id(record.task_id), name="result", parts=parts)
     metadata = _struct({k: v for k, v in result.metadata.items() if k != "sender_key"})
@@ -173,18 +131,25 @@ def result_artifact(record: TaskRecord) -> Artifact | None:
     return artifact
 
 
+def agent_message(message: envelope.Message, record: TaskRecord) -> Message:
+    return message_out(
+        message, role=Role.ROLE_AGENT, task_id=record.task_id, context_id=context_of(record)
+    )
+
+
 def task_out(record: TaskRecord) -> Task:
-    """The record as an A2A Task: its status, the reply as an artifact, the input as history."""
+    """The record as an A2A Task: its status, the reply as an artifact, as history the inputs
+    (and the agent's questions of earlier turns, if it asked for input)."""
     context_id = context_of(record)
     task = Task(id=record.task_id, context_id=context_id, status=status_out(record))
     artifact = result_artifact(record)
     if artifact is not None:
         task.artifacts.append(artifact)
-    task.history.append(
-        message_out(
-            record.spec.input, role=Role.ROLE_USER, task_id=record.task_id, context_id=context_id
+    for turn, message in enumerate([*record.history, record.spec.input]):
+        role = Role.ROLE_USER if turn % 2 == 0 else Role.ROLE_AGENT
+        task.history.append(
+            message_out(message, role=role, task_id=record.task_id, context_id=context_id)
         )
-    )
     return task
 
 
@@ -211,44 +176,3 @@ def chunk_artifact(record: TaskRecord, chunk: envelope.Chunk) -> Artifact:
     return Artifact(
         artifact_id=result_id(record.task_id), name="result", parts=parts_out(chunk.content)
     )
-
-
-# A2A → mesh ----------------------------------------------------------------------------------
-def part_in(part: Part) -> Any:
-    """Raises:
-    InvalidParamsError: a part with no content.
-    """
-    kind = part.WhichOneof("content")
-    if kind == "text":
-        return TextPart(text=part.text)
-    if kind == "data":
-        return DataPart(data=MessageToDict(part.data))
-    name, mime = part.filename or None, part.media_type or None
-    cls = ImagePart if (mime or "").startswith("image/") else FilePart
-    if kind == "raw":
-        return cls(name=name, mime_type=mime, bytes=part.raw)
-    if kind == "url":
-        return cls(name=name, mime_type=mime, uri=part.url)
-    raise InvalidParamsError(message="a part needs text, raw, url or data")
-
-
-def message_in(message: Message, *, conversation_id: str, metadata: dict[str, Any]) -> Any:
-    """The A2A message as the task's input Message (`metadata`: the mesh's own, stamped).
-
-    Raises:
-        InvalidParamsError: a part the mesh cannot carry.
-    """
-    try:
-        return envelope.Message(
-            message_id=message.message_id or new_id(),
-            conversation_id=conversation_id,
-            content=[part_in(p) for p in message.parts],
-            metadata=metadata,
-            timestamp=time.time(),
-        )
-    except (ValidationError, ParseError, ValueError) as exc:
-        raise InvalidParamsError(message=f"a message part the mesh cannot carry: {exc}") from None
-
-
-def metadata_in(struct: Struct) -> dict[str, Any]:
-    return MessageToDict(struct) if struct.fields else {}

@@ -5,8 +5,10 @@ replica serves the stream): a status update per change of A2A state, a `working`
 carrying each progress note, an artifact update per streamed chunk (`append` within one
 attempt; a retried attempt starts the artifact again), and at the final status the whole reply
 as the result artifact (`append=false`, `lastChunk=true`, replacing the chunks) and the terminal
-status update. The stream ends there, or when the replica begins to drain (the client
-subscribes again, on any replica).
+status update. A task that asks for input ends its stream with an `input-required` status
+update carrying the agent's question; the stream of the caller's answer (the task's next turn)
+skips the earlier turns' events. The stream ends there, or when the replica begins to drain
+(the client subscribes again, on any replica).
 """
 
 from __future__ import annotations
@@ -26,13 +28,19 @@ from agentmesh.schemas.task import TaskEvent, TaskEventKind, TaskRecord, TaskSta
 async def follow(
     store: TaskStore, record: TaskRecord, drain: asyncio.Event
 ) -> AsyncIterator[Event]:
-    """`record` as a Task, then its updates until a terminal state (or `drain`)."""
+    """`record` as a Task, then its updates until a terminal state or input-required (or
+    `drain`)."""
     yield convert.task_out(record)
-    if record.status.terminal:
+    if record.status.settled:
         return
     state = convert.state_of(record.status)
     attempt: int | None = None  # the attempt whose chunks the artifact holds
+    turn = len(record.history) // 2  # earlier turns (each ended asking for input): skipped
+    asked = 0
     async for event in _until(store.events(record.task_id, follow=True), drain):
+        if asked < turn:
+            asked += event.status is TaskStatus.INPUT_REQUIRED
+            continue
         if event.kind is TaskEventKind.CHUNK and event.chunk is not None:
             piece = convert.chunk_artifact(record, event.chunk)
             append, attempt = attempt == event.attempt, event.attempt
@@ -48,6 +56,9 @@ async def follow(
             if event.status.terminal:
                 async for final in _end(store, record, event):
                     yield final
+                return
+            if event.status is TaskStatus.INPUT_REQUIRED:
+                yield await _question(store, record, turn, event)
                 return
             new = convert.state_of(event.status)
             if new == state or (
@@ -68,6 +79,16 @@ async def _end(store: TaskStore, record: TaskRecord, event: TaskEvent) -> AsyncI
         yield convert.artifact_update(final, artifact, append=False, last_chunk=True)
     assert event.status is not None
     yield convert.status_update(final, convert.status_out(final, event.status, at=event.timestamp))
+
+
+async def _question(store: TaskStore, record: TaskRecord, turn: int, event: TaskEvent) -> Event:
+    """The input-required status update of `turn`, with the agent's question (the record's
+    result; or, once the caller answered, the question in its history)."""
+    now = await store.get(record.task_id) or record
+    asked = now.history[2 * turn + 1] if len(now.history) > 2 * turn + 1 else now.result
+    message = None if asked is None else convert.agent_message(asked, now)
+    status = convert.status_out(now, TaskStatus.INPUT_REQUIRED, message=message, at=event.timestamp)
+    return convert.status_update(now, status)
 
 
 async def _until(

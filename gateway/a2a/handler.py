@@ -46,7 +46,6 @@ from a2a.utils.errors import (
     ExtendedAgentCardNotConfiguredError,
     InternalError,
     InvalidParamsError,
-    PushNotificationNotSupportedError,
     TaskNotCancelableError,
     TaskNotFoundError,
     UnsupportedOperationError,
@@ -60,7 +59,7 @@ from a2a.utils.task import (
     validate_page_size,
 )
 
-from agentmesh.gateway.a2a import convert, events
+from agentmesh.gateway.a2a import convert, events, push_configs
 from agentmesh.gateway.auth import Principal, stamp_sender
 from agentmesh.gateway.state import GatewayState
 from agentmesh.schemas.envelope import new_id
@@ -71,7 +70,7 @@ from agentmesh.schemas.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from agentmesh.schemas.task import TASK_ID_RE, TaskRecord, TaskSpec
+from agentmesh.schemas.task import TASK_ID_RE, TaskRecord, TaskSpec, TaskStatus
 
 MAX_WAIT = 300.0  # seconds a blocking SendMessage waits; then the task as it is (poll GetTask)
 CANCEL_WAIT = 10.0  # seconds CancelTask waits for the executor to record `canceled`
@@ -194,11 +193,13 @@ class MeshRequestHandler(RequestHandler):
                 yield event
 
     # Writes --------------------------------------------------------------------------------
+    @push_configs.registers_given  # a push notification config given with the message
     async def _submit(self, call: Call, params: SendMessageRequest) -> TaskRecord:
-        """The message as a durable task for the agent (or the earlier task of its id)."""
+        """The message as a durable task for the agent (or the earlier task of its id); with a
+        `taskId`, the next turn of that task."""
         message = params.message
         if message.task_id:
-            await self._continue(call, message)
+            return await self._continue(call, message)
         sender = call.principal
         given = stamp_sender(convert.metadata_in(message.metadata), sender)
         spec_input = convert.message_in(
@@ -216,16 +217,30 @@ class MeshRequestHandler(RequestHandler):
             record = await call.state.tasks.get(ref.task_id)
         return record or TaskRecord(task_id=ref.task_id, status=ref.status, spec=spec)
 
-    async def _continue(self, call: Call, message: Message) -> None:
-        """A message for an existing task: the mesh's agents do not ask for more input yet."""
+    async def _continue(self, call: Call, message: Message) -> TaskRecord:
+        """The caller's answer to a task that asked for input (`input-required`): the task's
+        next turn, in its context. Any other state: UnsupportedOperation, as the SDK's own."""
         record = await self._record(call, message.task_id)
-        if record.status.terminal:
-            raise UnsupportedOperationError(
-                message=f"task {record.task_id} is in a terminal state: {record.status.value}"
+        context_id = convert.context_of(record)
+        if message.context_id and message.context_id != context_id:
+            raise InvalidParamsError(
+                message=f"task {record.task_id} is in context {context_id!r}, "
+                f"not {message.context_id!r}"
             )
-        raise UnsupportedOperationError(
-            message=f"task {record.task_id} is {record.status.value}: it takes no more messages"
-        )
+        if record.status is not TaskStatus.INPUT_REQUIRED and (
+            record.spec.input.message_id != message.message_id  # not a retried answer
+        ):
+            state = record.status.value
+            taking = "is in a terminal state" if record.status.terminal else "takes no input"
+            raise UnsupportedOperationError(message=f"task {record.task_id} {taking}: {state}")
+        given = stamp_sender(convert.metadata_in(message.metadata), call.principal)
+        answer = convert.message_in(message, conversation_id=context_id, metadata=given)
+        answer.to_agent_id = call.agent_id
+        try:
+            with mesh_errors():
+                return await call.state.tasks.resume(record.task_id, answer)
+        except TaskNotCancelableError as exc:  # a Conflict: it changed meanwhile
+            raise UnsupportedOperationError(message=exc.message) from None
 
     async def _settled(self, call: Call, task_id: str, timeout: float) -> TaskRecord:
         """The record once the task has finished, at `timeout`, or when the replica drains."""
@@ -247,12 +262,12 @@ class MeshRequestHandler(RequestHandler):
     async def on_message_send(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> Task | Message:
-        """Blocking by default: the task once it has finished (at most `MAX_WAIT`);
-        `returnImmediately`: the task as submitted."""
+        """Blocking by default: the task once it has finished or asks for input (waiting at
+        most `MAX_WAIT`); `returnImmediately`: the task as submitted."""
         validate_history_length(params.configuration)
         call = call_of(context)
         record = await self._submit(call, params)
-        if not params.configuration.return_immediately and not record.status.terminal:
+        if not params.configuration.return_immediately and not record.status.settled:
             record = await self._settled(call, record.task_id, MAX_WAIT)
         return apply_history_length(convert.task_out(record), params.configuration)
 
@@ -284,26 +299,60 @@ class MeshRequestHandler(RequestHandler):
             record = await self._settled(call, record.task_id, CANCEL_WAIT)
         return convert.task_out(record)
 
-    # Not in this slice ---------------------------------------------------------------------
+    # Push notification configs (push_configs.py; push.py delivers) ------------------------
+    @validate_request_params
     async def on_create_task_push_notification_config(
         self, params: TaskPushNotificationConfig, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
-        raise PushNotificationNotSupportedError
+        """A webhook for one of the agent's tasks (replacing the caller's config of that id): it
+        gets the task's updates from now on, from any replica."""
+        call = call_of(context)
+        record = await self._record(call, params.task_id)
+        with mesh_errors():
+            return await push_configs.create(call.state, call.principal, record, params)
 
+    @validate_request_params
     async def on_get_task_push_notification_config(
         self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
-        raise PushNotificationNotSupportedError
+        """The caller's config of that id (as the SDK: an unknown one is TaskNotFound)."""
+        call = call_of(context)
+        await self._record(call, params.task_id)
+        with mesh_errors():
+            owned = await push_configs.configs_of(call.state).owned(
+                params.task_id, push_configs.owner_of(call.principal)
+            )
+        for config in owned:
+            if config.id == (params.id or params.task_id):
+                return config
+        raise TaskNotFoundError(
+            message=f"no push notification config {params.id[:80]!r} for task {params.task_id}"
+        )
 
+    @validate_request_params
     async def on_list_task_push_notification_configs(
         self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> ListTaskPushNotificationConfigsResponse:
-        raise PushNotificationNotSupportedError
+        """The caller's configs of the task, oldest first, in one page."""
+        call = call_of(context)
+        await self._record(call, params.task_id)
+        with mesh_errors():
+            owned = await push_configs.configs_of(call.state).owned(
+                params.task_id, push_configs.owner_of(call.principal)
+            )
+        return ListTaskPushNotificationConfigsResponse(configs=owned)
 
+    @validate_request_params
     async def on_delete_task_push_notification_config(
         self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
-        raise PushNotificationNotSupportedError
+        """Remove the caller's config of that id (none there: nothing to do, as the SDK)."""
+        call = call_of(context)
+        await self._record(call, params.task_id)
+        with mesh_errors():
+            await push_configs.configs_of(call.state).remove(
+                params.task_id, push_configs.owner_of(call.principal), params.id or params.task_id
+            )
 
     async def on_get_extended_agent_card(
         self, params: GetExtendedAgentCardRequest, context: ServerCallContext

@@ -4,30 +4,31 @@
     POST /a2a/{agent_id}                                 JSON-RPC: 1.0 and 0.3 method names
     ...  /a2a/{agent_id}/message:send, /tasks/{id}, ...  HTTP+JSON 1.0 (the SDK's REST paths)
     ...  /a2a/{agent_id}/v1/message:send, ...            HTTP+JSON 0.3
+    GET  /a2a, /.well-known/agent-card.json              the directory, the default agent's card
+                                                         (directory.py)
+    ...  /a2a-proxy/{name}/...                           outside A2A agents (proxy.py)
 
 The SDK's own routes, dispatchers and card route do the protocol: parsing, version negotiation
 (`A2A-Version`; none is 0.3, so a 1.0 method without the header is -32009), the bindings' error
 formats and codes. Ours wrap each endpoint: the agent id, the API key and scope (`agents:read`
 to read, `send` to send or cancel; as anywhere on the gateway, failures are the mesh's HTTP 401,
-403, 429), and for a new message the agent must be online (else HTTP 404, AGENT_NOT_FOUND);
-then the SDK dispatches to `MeshRequestHandler`. Not in the OpenAPI document: A2A is its own
-specification.
+403, 429), the key's `to_agents` patterns (an agent they do not match is answered as a missing
+one on every route: HTTP 404, AGENT_NOT_FOUND), and for a new message the agent must be online
+(else HTTP 404, AGENT_NOT_FOUND); then the SDK dispatches to `MeshRequestHandler`. Not in the
+OpenAPI document: A2A is its own specification.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 
 from a2a.server.context import ServerCallContext
 from a2a.server.routes import (
     DefaultServerCallContextBuilder,
-    create_agent_card_routes,
     create_jsonrpc_routes,
     create_rest_routes,
 )
-from a2a.types.a2a_pb2 import AgentCard
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -35,11 +36,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agentmesh.broker.subjects import validate_id
-from agentmesh.gateway.a2a.cards import PREFIX, agent_url, build_card, placeholder
+from agentmesh.gateway.a2a import directory, proxy
+from agentmesh.gateway.a2a.cards import PREFIX
 from agentmesh.gateway.a2a.handler import CALL, Call, MeshRequestHandler
 from agentmesh.gateway.auth import Scope, require
 from agentmesh.gateway.state import state_of
-from agentmesh.schemas.agent import Presence
 from agentmesh.schemas.errors import AgentNotFound, InvalidId
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -56,7 +57,6 @@ WRITES = STARTS | {
     "tasks/pushNotificationConfig/delete",
 }
 _SCOPE_KEY = "agentmesh.a2a_call"  # the request scope's Call, for the context builder
-_card: ContextVar[AgentCard] = ContextVar("a2a_card")
 
 
 class MeshContextBuilder(DefaultServerCallContextBuilder):
@@ -66,13 +66,6 @@ class MeshContextBuilder(DefaultServerCallContextBuilder):
         context = super().build(request)
         context.state[CALL] = request.scope.get(_SCOPE_KEY)
         return context
-
-
-async def _online(request: Request, agent_id: str) -> Presence:
-    presence = await state_of(request).registry.agent(agent_id)
-    if presence is None:
-        raise AgentNotFound(f"agent {agent_id!r} is not online", details={"agent_id": agent_id})
-    return presence
 
 
 def _agent_id(request: Request) -> str:
@@ -106,8 +99,9 @@ def _guarded(endpoint: Endpoint, *, writes: bool, starts: bool, jsonrpc: bool) -
             method = await _jsonrpc_method(request)
             is_write, is_start = method in WRITES, method in STARTS
         principal = await require(Scope.SEND if is_write else Scope.AGENTS_READ)(request)
+        directory.check_reach(principal, agent_id)
         if is_start:
-            await _online(request, agent_id)
+            await directory.online(request, principal, agent_id)
         request.scope[_SCOPE_KEY] = Call(
             state=state_of(request),
             agent_id=agent_id,
@@ -117,32 +111,6 @@ def _guarded(endpoint: Endpoint, *, writes: bool, starts: bool, jsonrpc: bool) -
         return await endpoint(request)
 
     return guarded
-
-
-async def _current_card(_: AgentCard) -> AgentCard:
-    return _card.get()
-
-
-def _card_endpoint() -> Endpoint:
-    """The SDK's card route (ETag, 304, the 0.3 fields), serving the card built per request."""
-    (sdk_route,) = create_agent_card_routes(placeholder(), card_modifier=_current_card)
-    assert isinstance(sdk_route, Route)
-    serve = sdk_route.endpoint
-
-    async def card(request: Request) -> Response:
-        agent_id = _agent_id(request)
-        await require(Scope.AGENTS_READ)(request)
-        presence = await _online(request, agent_id)
-        built = build_card(
-            presence, agent_url(request, agent_id), auth=state_of(request).config.auth
-        )
-        token = _card.set(built)
-        try:
-            return await serve(request)  # type: ignore[no-any-return]
-        finally:
-            _card.reset(token)
-
-    return card
 
 
 def _rest_kind(path: str, methods: set[str]) -> tuple[bool, bool]:
@@ -159,10 +127,11 @@ def build_router() -> APIRouter:
     router = APIRouter()
     router.add_route(
         BASE + AGENT_CARD_WELL_KNOWN_PATH,
-        _card_endpoint(),
+        directory.card_endpoint(_agent_id),
         methods=["GET"],
         include_in_schema=False,
     )
+    router.routes.extend(directory.routes())
     for route in create_jsonrpc_routes(
         handler, rpc_url=BASE, context_builder=builder, enable_v0_3_compat=True
     ):
@@ -177,6 +146,7 @@ def build_router() -> APIRouter:
         writes, starts = _rest_kind(route.path, methods)
         endpoint = _guarded(route.endpoint, writes=writes, starts=starts, jsonrpc=False)
         router.add_route(route.path, endpoint, methods=sorted(methods), include_in_schema=False)
+    router.include_router(proxy.build_router())
     return router
 
 

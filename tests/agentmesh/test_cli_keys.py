@@ -87,10 +87,10 @@ async def test_keys_list_shows_names_and_scopes_but_never_the_key(
     result = await run_cli(agentmesh_exe, "keys", "list", env=env_for)
     assert result.code == 0, result.err
     header, *rows = result.out.splitlines()
-    assert header.split() == "ID NAME SCOPES RATE LIMIT TOKEN LIMIT TOOLS CREATED".split()
+    assert header.split() == "ID NAME SCOPES RATE LIMIT TOKEN LIMIT TOOLS TO AGENTS CREATED".split()
     assert len(rows) == 1
     assert rows[0].split()[:3] == [key_id, "dashboard", "agents:read,connect,send"]
-    assert rows[0].split()[5] == "all"
+    assert rows[0].split()[5:7] == ["all", "all"]  # tools, to agents
     assert secret not in result.out
 
     as_json = await run_cli(agentmesh_exe, "keys", "list", "--json", env=env_for)

@@ -26,6 +26,7 @@ from a2a.types.a2a_pb2 import (
 )
 from a2a.utils.constants import PROTOCOL_VERSION_0_3, PROTOCOL_VERSION_1_0, TransportProtocol
 from a2a.utils.errors import (
+    InvalidParamsError,
     MethodNotFoundError,
     TaskNotCancelableError,
     TaskNotFoundError,
@@ -549,3 +550,54 @@ async def test_a_stream_ends_when_its_replica_stops_and_resumes_on_another(
     async with asyncio.timeout(20):
         got = [r async for r in resumed]
     assert got[-1].status_update.status.state == TaskState.TASK_STATE_CANCELED
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_an_agent_asks_for_input_and_the_next_message_continues_the_task(
+    start_gateway: StartGateway,
+    weather: list[MeshMessage],
+    clients: Callable[..., object],
+    streaming: bool,
+) -> None:
+    first, second = await start_gateway(), await start_gateway()
+    one = await clients(first, "weather", streaming=streaming)  # type: ignore[operator]
+    other = await clients(second, "weather", binding=REST)  # type: ignore[operator]
+    asked = [r async for r in one.send_message(send("weather?", context_id="trip"))]
+    last = asked[-1]
+    question = last.task.status if last.HasField("task") else last.status_update.status
+    assert question.state == TaskState.TASK_STATE_INPUT_REQUIRED
+    assert [p.text for p in question.message.parts] == ["Which city?"]
+    task_id = asked[0].task.id
+    waiting = await other.get_task(GetTaskRequest(id=task_id))
+    assert waiting.status.state == TaskState.TASK_STATE_INPUT_REQUIRED and not waiting.artifacts
+    # The answer, from the other replica: the same task, in its context.
+    answer = await only(other.send_message(send("Oslo", task_id=task_id)))
+    done = answer.task
+    assert done.id == task_id and done.context_id == "trip"
+    assert done.status.state == TaskState.TASK_STATE_COMPLETED
+    assert [p.text for a in done.artifacts for p in a.parts] == ["sunny in Oslo (2 turns)"]
+    assert [(m.role, m.parts[0].text) for m in done.history] == [
+        (Role.ROLE_USER, "weather?"),
+        (Role.ROLE_AGENT, "Which city?"),
+        (Role.ROLE_USER, "Oslo"),
+    ]
+    assert [m.conversation_id for m in weather] == ["trip", "trip"]  # a session per context
+    if streaming:  # a streamed answer starts at the answer's turn: one task, one completion
+        again = [r async for r in one.send_message(send("weather?", context_id="trip2"))]
+        got = [r async for r in one.send_message(send("Oslo", task_id=again[0].task.id))]
+        states = [r.status_update.status.state for r in got if r.HasField("status_update")]
+        assert states.count(TaskState.TASK_STATE_INPUT_REQUIRED) == 0
+        assert states[-1] == TaskState.TASK_STATE_COMPLETED
+
+
+async def test_a_task_not_waiting_for_input_takes_no_more_messages(
+    start_gateway: StartGateway, echo: Agent, clients: Callable[..., object], mesh: MeshClient
+) -> None:
+    gateway = await start_gateway()
+    client = await clients(gateway, "echo")  # type: ignore[operator]
+    done = (await only(client.send_message(send("hi", context_id="c")))).task
+    with pytest.raises(UnsupportedOperationError, match="terminal state"):
+        await only(client.send_message(send("more", task_id=done.id)))
+    with pytest.raises(InvalidParamsError, match="context"):
+        await only(client.send_message(send("more", task_id=done.id, context_id="other")))
+    assert (await mesh.tasks.get(done.id)).history == []

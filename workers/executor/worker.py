@@ -52,6 +52,7 @@ from agentmesh.schemas.task import (
     TaskEventKind,
     TaskRecord,
     TaskStatus,
+    reply_status,
 )
 from agentmesh.workers.executor.limits import AgentLimits
 
@@ -222,7 +223,7 @@ class Executor(MeshService):
             return
         record = found[0]
         now = time.time()
-        if record.status.terminal:
+        if record.status.settled:  # final, or waiting for its caller's input
             await msg.ack()
             return
         if record.cancel_requested:
@@ -241,11 +242,11 @@ class Executor(MeshService):
         if due > now:
             await msg.nak(delay=min(due - now, MAX_DELAY))
             return
-        agent_id = spec.agent_id or await self._pick(spec.agent_type or "")
+        agent_id = spec.agent_id or record.asked_by or await self._pick(spec.agent_type or "")
         if agent_id is None:
             await msg.nak(delay=_recheck(msg))  # no agent of that type online: wait
             return
-        if record.attempt >= spec.max_attempts:
+        if record.turn_attempts >= spec.max_attempts:
             error = record.error or ErrorInfo(
                 code=ErrorCode.UNAVAILABLE, message="every attempt was lost with its executor"
             )
@@ -363,6 +364,7 @@ class Executor(MeshService):
             running.acked.set()
 
         parts: list[Any] = []
+        metadata: dict[str, Any] = {}  # the chunks' metadata, merged (a streamed reply's own)
         final: Message | None = None
         try:
             async for frame in self.bus.stream(
@@ -376,6 +378,7 @@ class Executor(MeshService):
                 if frame.kind is Kind.CHUNK:
                     chunk = decode(frame.data, Chunk)
                     parts.extend(chunk.content)
+                    metadata.update(chunk.metadata)
                     chunks.put_nowait(chunk)
                 elif frame.data:
                     final = decode(frame.data, Message)
@@ -384,7 +387,7 @@ class Executor(MeshService):
             if token is not None:
                 otel_context.detach(token)
         if final is None:
-            final = Message(content=merge_text(parts), from_agent_id=agent_id)
+            final = Message(content=merge_text(parts), metadata=metadata, from_agent_id=agent_id)
         return final
 
     async def _relay(self, task_id: str, number: int, chunks: asyncio.Queue[Chunk | None]) -> None:
@@ -403,7 +406,7 @@ class Executor(MeshService):
         now = time.time()
 
         def change(r: TaskRecord) -> TaskRecord | None:
-            if r.status.terminal or r.attempt != number - 1 or r.cancel_requested:
+            if r.status.settled or r.attempt != number - 1 or r.cancel_requested:
                 raise _NotOurs
             for earlier in r.attempts:
                 if earlier.ended_at is None:  # its executor died with it
@@ -452,8 +455,8 @@ class Executor(MeshService):
     ) -> None:
         """Record the attempt's outcome (once: a late or superseded one is dropped)."""
         spec = record.spec
-        if isinstance(outcome, Message):
-            await self._finish(record, TaskStatus.COMPLETED, outcome, None, number=number)
+        if isinstance(outcome, Message):  # completed; or the agent asks for input, or refuses
+            await self._finish(record, reply_status(outcome), outcome, None, number=number)
             await msg.ack()
             return
         if running.cancel_requested:
@@ -515,19 +518,21 @@ class Executor(MeshService):
         *,
         number: int | None = None,
     ) -> None:
-        """Record a final status; with `number`, only if that attempt is still the running one."""
+        """Record a final status (or input-required: the turn's end); with `number`, only if that
+        attempt is still the running one."""
         assert self.store is not None
         now = time.time()
 
         def change(r: TaskRecord) -> TaskRecord | None:
-            if r.status.terminal:
+            if r.status.settled:
                 raise _NotOurs  # recorded once: a late result is dropped
             if number is not None and (r.status is not TaskStatus.RUNNING or r.attempt != number):
                 raise _NotOurs
             if r.attempts and r.attempts[-1].ended_at is None:
                 r.attempts[-1].ended_at = now
                 r.attempts[-1].error = error
-            r.status, r.result, r.error, r.finished_at = status, result, error, now
+            r.status, r.result, r.error = status, result, error
+            r.finished_at = now if status.terminal else None
             r.next_attempt_at = None
             return r
 

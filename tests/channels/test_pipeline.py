@@ -1,0 +1,171 @@
+"""The platform-independent pipeline, end to end through the Slack module (the Feishu one has its
+own end-to-end tests in test_feishu_mesh.py): signed events into real gateway replicas, a real
+agent and executor answering, replies posted to a fake Slack (a real HTTP server)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.client import MeshClient
+from agentmesh.gateway.channels import replies
+from agentmesh.gateway.channels.config import ChannelConfig
+from agentmesh.gateway.state import GatewayConfig
+from agentmesh.schemas.envelope import Message
+from agentmesh.schemas.task import TaskStatus
+from tests.channels.fake_slack import (
+    BOT_USER_ID,
+    SIGNING_SECRET,
+    TOKEN,
+    FakeSlack,
+    app_mention,
+    event_callback,
+    message,
+    signed,
+)
+from tests.conftest import StartAgent, StartExecutor
+from tests.gateway.conftest import Replica, StartGateway
+
+EVENTS = "/channels/slack/team/events"
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    fake = await FakeSlack(users={}, outside={"C0OUTSIDE"}).start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replies, "BACKOFF", 0.05)
+
+
+def channel(slack: FakeSlack, **kw: Any) -> ChannelConfig:
+    fields: dict[str, Any] = {
+        "name": "team",
+        "kind": "slack",
+        "bot_token": TOKEN,
+        "signing_secret": SIGNING_SECRET,
+        "base_url": slack.base_url,
+        "agent": "echo",
+        **kw,
+    }
+    return ChannelConfig(**fields)
+
+
+@pytest.fixture
+async def echo(start_agent: StartAgent, start_executor: StartExecutor) -> list[Message]:
+    got: list[Message] = []
+    agent = Agent("echo")
+
+    @agent.handler
+    def handle(msg: Message, ctx: object) -> str:
+        got.append(msg)
+        return f"echo: {msg.text}"
+
+    await start_agent(agent)
+    await start_executor()
+    return got
+
+
+async def post(replica: Replica, payload: dict[str, Any], **kw: Any) -> httpx.Response:
+    body, headers = signed(payload, **kw)
+    async with httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
+        return await http.post(EVENTS, content=body, headers=headers)
+
+
+async def test_a_mention_is_answered_in_its_thread_once_through_either_replica(
+    start_gateway: StartGateway, slack: FakeSlack, echo: list[Message], mesh: MeshClient
+) -> None:
+    config = GatewayConfig(channels=(channel(slack),))
+    one, two = await start_gateway(config=config), await start_gateway(config=config)
+    event = event_callback(app_mention("<@U0MESHBOT> hello there"))
+    assert (await post(one, event)).status_code == 200
+    # Slack retries what it thinks was not answered: the same event id, on another replica.
+    assert (await post(two, event, retry_num=1)).status_code == 200
+    (posted,) = await slack.wait_posted(1)
+    assert posted["text"] == "echo: @U0MESHBOT hello there", posted  # users.info knows none
+    assert posted["channel"] == "C0GENERAL"
+    assert posted["thread_ts"] == event["event"]["ts"]
+    assert len(echo) == 1  # one task for both deliveries
+    got = echo[0]
+    assert got.conversation_id == f"slack:team:C0GENERAL:{event['event']['ts']}"
+    assert got.metadata["channel"]["chat_id"] == "C0GENERAL"
+    assert got.metadata["channel"]["sender_id"] == "U0ALICE"
+    (task,) = await mesh.tasks.list(agent_id="echo")
+    settled = await mesh.tasks.wait(task.task_id, timeout=10)
+    assert settled.status is TaskStatus.COMPLETED
+
+
+async def test_a_bad_signature_is_a_401_and_a_channel_message_without_a_mention_is_left(
+    start_gateway: StartGateway, slack: FakeSlack, echo: list[Message], mesh: MeshClient
+) -> None:
+    gateway = await start_gateway(config=GatewayConfig(channels=(channel(slack),)))
+    forged = await post(gateway, event_callback(message("hi")), secret="not-the-secret")
+    assert forged.status_code == 401 and forged.json()["error"]["code"] == "UNAUTHORIZED"
+    assert (await post(gateway, event_callback(message("just chatting")))).status_code == 200
+    direct = event_callback(message("in private", channel="D0ALICE", channel_type="im"))
+    assert (await post(gateway, direct)).status_code == 200
+    (posted,) = await slack.wait_posted(1)
+    assert posted["text"] == "echo: in private" and posted["channel"] == "D0ALICE"
+    assert [m.text for m in echo] == ["in private"]  # the others never reached the agent
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        missing = await http.post("/channels/slack/nobody/events", content=b"{}")
+    assert missing.status_code == 404
+
+
+async def test_a_failing_reply_api_is_retried_then_a_refused_reply_is_recorded_on_the_task(
+    start_gateway: StartGateway, slack: FakeSlack, echo: list[Message], mesh: MeshClient
+) -> None:
+    # The bot's id configured: the failures below hit the reply, not the lookup of the bot.
+    config = channel(slack, bot_user_id=BOT_USER_ID)
+    gateway = await start_gateway(config=GatewayConfig(channels=(config,)))
+    slack.fail_next(2)  # two 5xx, then it works
+    assert (await post(gateway, event_callback(app_mention("<@U0MESHBOT> one")))).status_code == 200
+    (posted,) = await slack.wait_posted(1)
+    assert posted["text"].startswith("echo: ")
+    (task,) = await mesh.tasks.list(agent_id="echo")
+    record = await _reply_recorded(mesh, task.task_id)
+    assert record["outcome"] == "posted"
+    # A chat the bot is not in: Slack will never take it; recorded, not dropped.
+    outside = event_callback(app_mention("<@U0MESHBOT> two", channel="C0OUTSIDE"))
+    assert (await post(gateway, outside)).status_code == 200
+    tasks = await mesh.tasks.list(agent_id="echo")
+    newest = max(tasks, key=lambda t: t.created_at)
+    refused = await _reply_recorded(mesh, newest.task_id)
+    assert refused["outcome"] == "failed" and "not_in_channel" in refused["detail"]
+
+
+async def test_a_question_is_posted_and_the_next_message_in_the_thread_answers_it(
+    start_gateway: StartGateway, slack: FakeSlack, weather: list[Message], mesh: MeshClient
+) -> None:
+    gateway = await start_gateway(config=GatewayConfig(channels=(channel(slack, agent="weather"),)))
+    first = event_callback(app_mention("<@U0MESHBOT> weather?"))
+    assert (await post(gateway, first)).status_code == 200
+    (question,) = await slack.wait_posted(1)
+    assert question["text"] == "Which city?"
+    thread = first["event"]["ts"]
+    answer = event_callback(app_mention("<@U0MESHBOT> Oslo", thread_ts=thread))
+    assert (await post(gateway, answer)).status_code == 200
+    _, reply = await slack.wait_posted(2)
+    assert reply["text"] == "sunny in Oslo (2 turns)" and reply["thread_ts"] == thread
+    (task,) = await mesh.tasks.list(agent_id="weather")  # one task, two turns
+    done = await mesh.tasks.wait(task.task_id, timeout=10)
+    assert done.status is TaskStatus.COMPLETED and len(done.history) == 2
+
+
+async def _reply_recorded(mesh: MeshClient, task_id: str) -> dict[str, Any]:
+    """The task's `channel_reply` once the delivery recorded it (after the task's final event,
+    so no event feed ends with it: polled, within a deadline)."""
+    async with asyncio.timeout(20):
+        while True:
+            record = await mesh.tasks.get(task_id)
+            if "channel_reply" in record.spec.metadata:
+                return dict(record.spec.metadata["channel_reply"])
+            await asyncio.sleep(0.05)
