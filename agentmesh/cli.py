@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from agentmesh import cli_status, cli_support
+from agentmesh.cli_channels import channels_app
 from agentmesh.cli_config import config_app
 from agentmesh.cli_keys import keys_app
 from agentmesh.cli_tasks import tasks_app, traces_app
@@ -31,6 +32,7 @@ agent_app = typer.Typer(help="Run agents.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(keys_app, name="keys")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(channels_app, name="channels")
 app.add_typer(worker_app, name="worker")
 app.add_typer(tools_app, name="tools")
 app.add_typer(tasks_app, name="tasks")

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from agentmesh import cli_support
 from agentmesh.broker.lifecycle import MeshService, run_until_signal
 from agentmesh.broker.subjects import ID_RE
+
+if TYPE_CHECKING:
+    from agentmesh.following import Part
+    from agentmesh.meshconfig import MeshDocument
 
 worker_app = typer.Typer(help="Run workers that serve models or tools.", no_args_is_help=True)
 
@@ -30,34 +34,26 @@ def _serve(load: Callable[[], MeshService], verbose: bool) -> None:
     cli_support.run(lambda: run_until_signal(worker, settings))
 
 
-def _follow(kind: str, file: Path | None, shared: bool, verbose: bool) -> None:
-    """Run the worker of `kind` on its section of a mesh file or of the shared config, applying
-    every new version live (a bad one at start: one line, exit 1)."""
-    from agentmesh.following import Following, llm_part, log_warnings, mcp_part, open_source
+def _follow(
+    build: Callable[[MeshDocument], tuple[MeshService, Part]],
+    file: Path | None,
+    shared: bool,
+    verbose: bool,
+) -> None:
+    """Run the worker `build` makes from a mesh file or the shared config (it raises
+    ConfigError if its section is missing), applying every new version live (a bad one at
+    start: one line, exit 1)."""
+    from agentmesh.following import Following, log_warnings, open_source
     from agentmesh.workers.config import ConfigError
 
     cli_support.setup_logging(verbose)
     settings = cli_support.settings()
-    section = "models" if kind == "llm" else "mcpServers"
 
     async def main() -> None:
         opened = await open_source(file, shared, settings)
         try:
             log_warnings(opened.doc)
-            if kind == "llm":
-                from agentmesh.workers.llm.worker import LLMWorker
-
-                models = opened.doc.llm()
-                worker: Any = None if models is None else LLMWorker(models)
-                part = None if worker is None else llm_part(worker)
-            else:
-                from agentmesh.workers.mcp.worker import MCPWorker
-
-                servers = opened.doc.mcp()
-                worker = None if servers is None else MCPWorker(servers)
-                part = None if worker is None else mcp_part(worker)
-            if worker is None or part is None:
-                raise ConfigError(f"{opened.doc.source}: no {section!r} section")
+            worker, part = build(opened.doc)
         except BaseException:
             await opened.close()
             raise
@@ -67,6 +63,34 @@ def _follow(kind: str, file: Path | None, shared: bool, verbose: bool) -> None:
         cli_support.run(main)
     except ConfigError as exc:
         raise cli_support.fail(str(exc)) from None
+
+
+def _llm(doc: MeshDocument) -> tuple[MeshService, Part]:
+    from agentmesh.following import llm_part
+    from agentmesh.workers.llm.worker import LLMWorker
+
+    models = doc.llm()
+    if models is None:
+        raise _missing(doc, "models")
+    worker = LLMWorker(models)
+    return worker, llm_part(worker)
+
+
+def _mcp(doc: MeshDocument) -> tuple[MeshService, Part]:
+    from agentmesh.following import mcp_part
+    from agentmesh.workers.mcp.worker import MCPWorker
+
+    servers = doc.mcp()
+    if servers is None:
+        raise _missing(doc, "mcpServers")
+    worker = MCPWorker(servers)
+    return worker, mcp_part(worker)
+
+
+def _missing(doc: MeshDocument, section: str) -> Exception:
+    from agentmesh.workers.config import ConfigError
+
+    return ConfigError(f"{doc.source}: no {section!r} section")
 
 
 def _one_source(config: Path | None, file: Path | None, shared: bool) -> None:
@@ -93,7 +117,7 @@ def llm(
 
     _one_source(config, file, shared)
     if config is None:
-        _follow("llm", file, shared, verbose)
+        _follow(_llm, file, shared, verbose)
         return
     _serve(lambda: LLMWorker(LLMConfig.load(config)), verbose)
 
@@ -116,7 +140,7 @@ def mcp(
 
     _one_source(config, file, shared)
     if config is None:
-        _follow("mcp", file, shared, verbose)
+        _follow(_mcp, file, shared, verbose)
         return
     _serve(lambda: MCPWorker(MCPConfig.load(config)), verbose)
 
@@ -168,36 +192,23 @@ def runtime(
     if file is None and not shared:
         _serve(lambda: RuntimeWorker(name), verbose)
         return
-    _follow_runtime(name, file, shared, verbose)
+    _follow(_runtime(name), file, shared, verbose)
 
 
-def _follow_runtime(name: str, file: Path | None, shared: bool, verbose: bool) -> None:
-    from agentmesh.agents.runtime.worker import RuntimeWorker
-    from agentmesh.following import Following, log_warnings, open_source, runtime_part
-    from agentmesh.schemas.errors import InvalidMessage
-    from agentmesh.workers.config import ConfigError
+def _runtime(name: str) -> Callable[[MeshDocument], tuple[MeshService, Part]]:
+    def build(doc: MeshDocument) -> tuple[MeshService, Part]:
+        from agentmesh.agents.runtime.worker import RuntimeWorker
+        from agentmesh.following import runtime_part
+        from agentmesh.schemas.errors import InvalidMessage
+        from agentmesh.workers.config import ConfigError
 
-    cli_support.setup_logging(verbose)
-    settings = cli_support.settings()
-
-    async def main() -> None:
-        opened = await open_source(file, shared, settings)
         try:
-            log_warnings(opened.doc)
-            section = opened.doc.runtime()
-            try:
-                worker = RuntimeWorker(name, section=section)
-            except InvalidMessage as exc:
-                raise ConfigError(f"{opened.doc.source}: {exc.message}") from None
-        except BaseException:
-            await opened.close()
-            raise
-        await run_until_signal(Following(worker, opened, [runtime_part(worker)]), settings)
+            worker = RuntimeWorker(name, section=doc.runtime())
+        except InvalidMessage as exc:
+            raise ConfigError(f"{doc.source}: {exc.message}") from None
+        return worker, runtime_part(worker)
 
-    try:
-        cli_support.run(main)
-    except ConfigError as exc:
-        raise cli_support.fail(str(exc)) from None
+    return build
 
 
 @worker_app.command("a2a")
@@ -233,7 +244,7 @@ def a2a(
     if not one:
         if header:
             raise cli_support.fail("--header goes with --url (in a mesh file: `headers:`)")
-        _follow_a2a(name, file, shared, verbose)
+        _follow(_a2a(name), file, shared, verbose)
         return
     if url is None or agent_id is None:
         raise cli_support.fail("--url and --agent-id go together")
@@ -246,28 +257,16 @@ def a2a(
     _serve(lambda: A2ABridge(A2ASection(agents=[agent]), name), verbose)
 
 
-def _follow_a2a(name: str, file: Path | None, shared: bool, verbose: bool) -> None:
-    from agentmesh.following import Following, a2a_part, log_warnings, open_source
-    from agentmesh.workers.a2a import A2ABridge
-    from agentmesh.workers.config import ConfigError
+def _a2a(name: str) -> Callable[[MeshDocument], tuple[MeshService, Part]]:
+    def build(doc: MeshDocument) -> tuple[MeshService, Part]:
+        from agentmesh.following import a2a_part
+        from agentmesh.workers.a2a import A2ABridge
+        from agentmesh.workers.config import ConfigError
 
-    cli_support.setup_logging(verbose)
-    settings = cli_support.settings()
+        section = doc.a2a()
+        if section is None:
+            raise ConfigError(f"{doc.source}: no 'a2a' section: no outside agent")
+        bridge = A2ABridge(section, name)
+        return bridge, a2a_part(bridge)
 
-    async def main() -> None:
-        opened = await open_source(file, shared, settings)
-        try:
-            log_warnings(opened.doc)
-            section = opened.doc.a2a()
-            if section is None:
-                raise ConfigError(f"{opened.doc.source}: no 'a2a' section: no outside agent")
-            bridge = A2ABridge(section, name)
-        except BaseException:
-            await opened.close()
-            raise
-        await run_until_signal(Following(bridge, opened, [a2a_part(bridge)]), settings)
-
-    try:
-        cli_support.run(main)
-    except ConfigError as exc:
-        raise cli_support.fail(str(exc)) from None
+    return build

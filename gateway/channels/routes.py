@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from agentmesh.gateway.channels import pipeline
 from agentmesh.gateway.channels.base import Answer
+from agentmesh.gateway.channels.connections import LongConnections, holding
 from agentmesh.gateway.channels.registry import ChannelSet
 from agentmesh.gateway.channels.replies import Replies, delivering
 from agentmesh.gateway.state import GatewayState, state_of
@@ -47,12 +48,13 @@ async def events(request: Request, kind: str, name: str) -> JSONResponse:
 @contextlib.asynccontextmanager
 async def serving(app: object, state: GatewayState) -> AsyncIterator[None]:
     """The replica's channels for the block's duration (the gateway's lifespan): their objects
-    (`app.state.channels`) and reply delivery (`app.state.channel_replies`)."""
+    (`app.state.channels`), reply delivery (`app.state.channel_replies`) and the long
+    connections this replica holds."""
     channels = ChannelSet(state.config, state.redis, state.settings.prefix)
     replies = Replies(state, channels)
     app.state.channels, app.state.channel_replies = channels, replies  # type: ignore[attr-defined]
     try:
-        async with delivering(replies):
+        async with delivering(replies), holding(LongConnections(state, channels, replies)):
             yield
     finally:
         await channels.aclose()

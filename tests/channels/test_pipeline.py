@@ -10,14 +10,15 @@ from typing import Any
 
 import httpx
 import pytest
+from nats.js import api
 
-from agentmesh.agents.agent import Agent
 from agentmesh.agents.client import MeshClient
 from agentmesh.gateway.channels import replies
 from agentmesh.gateway.channels.config import ChannelConfig
 from agentmesh.gateway.state import GatewayConfig
+from agentmesh.schemas.codec import decode
 from agentmesh.schemas.envelope import Message
-from agentmesh.schemas.task import TaskStatus
+from agentmesh.schemas.task import TaskEvent, TaskStatus
 from tests.channels.fake_slack import (
     BOT_USER_ID,
     SIGNING_SECRET,
@@ -28,7 +29,6 @@ from tests.channels.fake_slack import (
     message,
     signed,
 )
-from tests.conftest import StartAgent, StartExecutor
 from tests.gateway.conftest import Replica, StartGateway
 
 EVENTS = "/channels/slack/team/events"
@@ -53,25 +53,10 @@ def channel(slack: FakeSlack, **kw: Any) -> ChannelConfig:
         "bot_token": TOKEN,
         "signing_secret": SIGNING_SECRET,
         "base_url": slack.base_url,
-        "agent": "echo",
+        "agent": "helper",
         **kw,
     }
     return ChannelConfig(**fields)
-
-
-@pytest.fixture
-async def echo(start_agent: StartAgent, start_executor: StartExecutor) -> list[Message]:
-    got: list[Message] = []
-    agent = Agent("echo")
-
-    @agent.handler
-    def handle(msg: Message, ctx: object) -> str:
-        got.append(msg)
-        return f"echo: {msg.text}"
-
-    await start_agent(agent)
-    await start_executor()
-    return got
 
 
 async def post(replica: Replica, payload: dict[str, Any], **kw: Any) -> httpx.Response:
@@ -81,7 +66,7 @@ async def post(replica: Replica, payload: dict[str, Any], **kw: Any) -> httpx.Re
 
 
 async def test_a_mention_is_answered_in_its_thread_once_through_either_replica(
-    start_gateway: StartGateway, slack: FakeSlack, echo: list[Message], mesh: MeshClient
+    start_gateway: StartGateway, slack: FakeSlack, helper: list[Message], mesh: MeshClient
 ) -> None:
     config = GatewayConfig(channels=(channel(slack),))
     one, two = await start_gateway(config=config), await start_gateway(config=config)
@@ -90,21 +75,21 @@ async def test_a_mention_is_answered_in_its_thread_once_through_either_replica(
     # Slack retries what it thinks was not answered: the same event id, on another replica.
     assert (await post(two, event, retry_num=1)).status_code == 200
     (posted,) = await slack.wait_posted(1)
-    assert posted["text"] == "echo: @U0MESHBOT hello there", posted  # users.info knows none
+    assert posted["text"] == "helper: @U0MESHBOT hello there", posted  # users.info knows none
     assert posted["channel"] == "C0GENERAL"
     assert posted["thread_ts"] == event["event"]["ts"]
-    assert len(echo) == 1  # one task for both deliveries
-    got = echo[0]
+    assert len(helper) == 1  # one task for both deliveries
+    got = helper[0]
     assert got.conversation_id == f"slack:team:C0GENERAL:{event['event']['ts']}"
     assert got.metadata["channel"]["chat_id"] == "C0GENERAL"
     assert got.metadata["channel"]["sender_id"] == "U0ALICE"
-    (task,) = await mesh.tasks.list(agent_id="echo")
+    (task,) = await mesh.tasks.list(agent_id="helper")
     settled = await mesh.tasks.wait(task.task_id, timeout=10)
     assert settled.status is TaskStatus.COMPLETED
 
 
 async def test_a_bad_signature_is_a_401_and_a_channel_message_without_a_mention_is_left(
-    start_gateway: StartGateway, slack: FakeSlack, echo: list[Message], mesh: MeshClient
+    start_gateway: StartGateway, slack: FakeSlack, helper: list[Message], mesh: MeshClient
 ) -> None:
     gateway = await start_gateway(config=GatewayConfig(channels=(channel(slack),)))
     forged = await post(gateway, event_callback(message("hi")), secret="not-the-secret")
@@ -113,15 +98,15 @@ async def test_a_bad_signature_is_a_401_and_a_channel_message_without_a_mention_
     direct = event_callback(message("in private", channel="D0ALICE", channel_type="im"))
     assert (await post(gateway, direct)).status_code == 200
     (posted,) = await slack.wait_posted(1)
-    assert posted["text"] == "echo: in private" and posted["channel"] == "D0ALICE"
-    assert [m.text for m in echo] == ["in private"]  # the others never reached the agent
+    assert posted["text"] == "helper: in private" and posted["channel"] == "D0ALICE"
+    assert [m.text for m in helper] == ["in private"]  # the others never reached the agent
     async with httpx.AsyncClient(base_url=gateway.url) as http:
         missing = await http.post("/channels/slack/nobody/events", content=b"{}")
     assert missing.status_code == 404
 
 
 async def test_a_failing_reply_api_is_retried_then_a_refused_reply_is_recorded_on_the_task(
-    start_gateway: StartGateway, slack: FakeSlack, echo: list[Message], mesh: MeshClient
+    start_gateway: StartGateway, slack: FakeSlack, helper: list[Message], mesh: MeshClient
 ) -> None:
     # The bot's id configured: the failures below hit the reply, not the lookup of the bot.
     config = channel(slack, bot_user_id=BOT_USER_ID)
@@ -129,14 +114,14 @@ async def test_a_failing_reply_api_is_retried_then_a_refused_reply_is_recorded_o
     slack.fail_next(2)  # two 5xx, then it works
     assert (await post(gateway, event_callback(app_mention("<@U0MESHBOT> one")))).status_code == 200
     (posted,) = await slack.wait_posted(1)
-    assert posted["text"].startswith("echo: ")
-    (task,) = await mesh.tasks.list(agent_id="echo")
+    assert posted["text"].startswith("helper: ")
+    (task,) = await mesh.tasks.list(agent_id="helper")
     record = await _reply_recorded(mesh, task.task_id)
     assert record["outcome"] == "posted"
     # A chat the bot is not in: Slack will never take it; recorded, not dropped.
     outside = event_callback(app_mention("<@U0MESHBOT> two", channel="C0OUTSIDE"))
     assert (await post(gateway, outside)).status_code == 200
-    tasks = await mesh.tasks.list(agent_id="echo")
+    tasks = await mesh.tasks.list(agent_id="helper")
     newest = max(tasks, key=lambda t: t.created_at)
     refused = await _reply_recorded(mesh, newest.task_id)
     assert refused["outcome"] == "failed" and "not_in_channel" in refused["detail"]
@@ -161,11 +146,22 @@ async def test_a_question_is_posted_and_the_next_message_in_the_thread_answers_i
 
 
 async def _reply_recorded(mesh: MeshClient, task_id: str) -> dict[str, Any]:
-    """The task's `channel_reply` once the delivery recorded it (after the task's final event,
-    so no event feed ends with it: polled, within a deadline)."""
-    async with asyncio.timeout(20):
-        while True:
-            record = await mesh.tasks.get(task_id)
-            if "channel_reply" in record.spec.metadata:
-                return dict(record.spec.metadata["channel_reply"])
-            await asyncio.sleep(0.05)
+    """The task's `channel_reply`, once its event says the delivery recorded it (that event
+    comes after the task's final one, where the store's feeds end: read the log itself)."""
+    store = mesh.tasks.store
+    sub = await store.js.subscribe(
+        store.subjects.task_events(task_id),
+        stream=store.names["task_events"],
+        ordered_consumer=True,
+        config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL),
+    )
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                event = decode((await sub.next_msg(timeout=None)).data, TaskEvent)
+                if (event.note or "").startswith("reply to slack/team"):
+                    break
+    finally:
+        await sub.unsubscribe()
+    record = await mesh.tasks.get(task_id)  # written before that event
+    return dict(record.spec.metadata["channel_reply"])

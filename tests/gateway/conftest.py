@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
+from a2a.client import Client, ClientConfig, ClientFactory
+from a2a.utils.constants import TransportProtocol
 
 from agentmesh.broker.servers import NatsServer, free_port
 from agentmesh.broker.settings import Settings
@@ -73,3 +76,32 @@ async def gateway(start_gateway: StartGateway) -> Replica:
 async def http(gateway: Replica) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
         yield client
+
+
+JSONRPC = TransportProtocol.JSONRPC.value
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Callable[..., Any]]:
+    """`await connect(replica, agent_id, binding=..., streaming=...)`: an SDK client from the
+    agent's card (resolved through the gateway); all closed after the test."""
+    opened: list[Client] = []
+    http = httpx.AsyncClient(timeout=30)
+
+    async def connect(
+        replica: Replica, agent_id: str, *, binding: str = JSONRPC, streaming: bool = False
+    ) -> Client:
+        config = ClientConfig(
+            httpx_client=http,
+            streaming=streaming,
+            supported_protocol_bindings=[binding],
+            use_client_preference=True,
+        )
+        client = await ClientFactory(config).create_from_url(f"{replica.url}/a2a/{agent_id}")
+        opened.append(client)
+        return client
+
+    yield connect
+    for client in opened:
+        await client.close()
+    await http.aclose()

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-from a2a.client import A2ACardResolver, Client, ClientConfig, ClientFactory
+from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
 from a2a.client.errors import AgentCardResolutionError
 from a2a.types.a2a_pb2 import (
     CancelTaskRequest,
@@ -72,32 +72,6 @@ async def echo(start_agent: StartAgent, start_executor: StartExecutor) -> Agent:
     await start_agent(agent)
     await start_executor()
     return agent
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[Callable[..., object]]:
-    """`await connect(replica, agent_id, binding=..., streaming=...)`: an SDK client from the
-    agent's card (resolved through the gateway); all closed after the test."""
-    opened: list[Client] = []
-    http = httpx.AsyncClient(timeout=30)
-
-    async def connect(
-        replica: Replica, agent_id: str, *, binding: str = JSONRPC, streaming: bool = False
-    ) -> Client:
-        config = ClientConfig(
-            httpx_client=http,
-            streaming=streaming,
-            supported_protocol_bindings=[binding],
-            use_client_preference=True,
-        )
-        client = await ClientFactory(config).create_from_url(f"{replica.url}/a2a/{agent_id}")
-        opened.append(client)
-        return client
-
-    yield connect
-    for client in opened:
-        await client.close()
-    await http.aclose()
 
 
 def user(text: str, **kw: object) -> Message:

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from a2a.client import A2ACardResolver, Client, ClientConfig, ClientFactory
+from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
 from a2a.types.a2a_pb2 import (
     DeleteTaskPushNotificationConfigRequest,
     GetTaskPushNotificationConfigRequest,
@@ -109,29 +109,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     await hook.server.start()
     yield hook
     await hook.server.stop()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[Callable[..., Any]]:
-    """`await connect(replica, agent_id, binding=...)`: an SDK client from the agent's card."""
-    opened: list[Client] = []
-    http = httpx.AsyncClient(timeout=30)
-
-    async def connect(replica: Replica, agent_id: str, *, binding: str = JSONRPC) -> Client:
-        config = ClientConfig(
-            httpx_client=http,
-            streaming=False,
-            supported_protocol_bindings=[binding],
-            use_client_preference=True,
-        )
-        client = await ClientFactory(config).create_from_url(f"{replica.url}/a2a/{agent_id}")
-        opened.append(client)
-        return client
-
-    yield connect
-    for client in opened:
-        await client.close()
-    await http.aclose()
 
 
 @pytest.fixture
