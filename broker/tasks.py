@@ -365,8 +365,9 @@ class TaskStore(TaskLog):
     async def resume(self, task_id: str, message: Message) -> TaskRecord:
         """The caller's next message for a task that asked for input: the question and the
         earlier input go to the record's `history`, `message` becomes its input, and the task is
-        queued again (a new turn, with `max_attempts` of its own). The same message again (a
-        retry after a lost answer) changes nothing, and queues a pending turn again.
+        queued again (a new turn, with `max_attempts` of its own). A message that is already
+        some turn's input (a retry after a lost answer) changes nothing; if it is the current
+        turn's and that turn is pending, the task is queued again.
 
         Raises:
             NotFound: no such task.
@@ -378,10 +379,10 @@ class TaskStore(TaskLog):
 
         def change(record: TaskRecord) -> TaskRecord | None:
             nonlocal repeated
+            if record.turn_of(message.message_id) is not None:
+                repeated = True
+                return None
             if record.status is not TaskStatus.INPUT_REQUIRED:
-                if record.spec.input.message_id == message.message_id:
-                    repeated = True
-                    return None
                 raise Conflict(
                     f"task {task_id} is {record.status.value}: it takes no more input",
                     details={"task_id": task_id, "status": record.status.value},
@@ -389,6 +390,7 @@ class TaskStore(TaskLog):
             record.history += [record.spec.input, record.result or Message()]  # the question
             record.spec.input, record.result = message, None
             record.status, record.turn_start = TaskStatus.PENDING, len(record.attempts)
+            record.cancel_requested = False  # one asked while the question was asked: over
             if len(data := encode(record)) > self._max_record():
                 raise PayloadTooLarge(
                     f"the task with this turn is {len(data)} bytes; at most "
@@ -406,10 +408,11 @@ class TaskStore(TaskLog):
                     task_id=task_id,
                     kind=TaskEventKind.STATUS,
                     status=TaskStatus.PENDING,
-                    data={"turn": len(record.history) // 2 + 1},
+                    data={"turn": record.turn + 1},
                 )
             )
-        if record.status is TaskStatus.PENDING:
+        current = record.turn_of(message.message_id) == record.turn
+        if record.status is TaskStatus.PENDING and current:
             await self._enqueue(record)  # the first resume may have died before queueing
         return record
 

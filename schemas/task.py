@@ -159,6 +159,16 @@ class TaskRecord(BaseModel):
             return None
         return self.attempts[self.turn_start - 1].agent_id
 
+    def turn_of(self, message_id: str) -> int | None:
+        """The turn (0 for the first) whose input has this message id; None: none has."""
+        inputs = [*self.history[::2], self.spec.input]
+        return next((n for n, m in enumerate(inputs) if m.message_id == message_id), None)
+
+    @property
+    def turn(self) -> int:
+        """The current turn (0 for the first; n after n answers)."""
+        return len(self.history) // 2
+
     @property
     def turn_attempts(self) -> int:
         """The attempts of the current turn (each turn has `max_attempts`)."""

@@ -35,11 +35,11 @@ async def follow(
         return
     state = convert.state_of(record.status)
     attempt: int | None = None  # the attempt whose chunks the artifact holds
-    turn = len(record.history) // 2  # earlier turns (each ended asking for input): skipped
-    asked = 0
+    turn = record.turn  # earlier turns' events are skipped: this one starts at its resume
+    started = turn == 0
     async for event in _until(store.events(record.task_id, follow=True), drain):
-        if asked < turn:
-            asked += event.status is TaskStatus.INPUT_REQUIRED
+        if not started:
+            started = _resumed(event, turn)
             continue
         if event.kind is TaskEventKind.CHUNK and event.chunk is not None:
             piece = convert.chunk_artifact(record, event.chunk)
@@ -81,11 +81,18 @@ async def _end(store: TaskStore, record: TaskRecord, event: TaskEvent) -> AsyncI
     yield convert.status_update(final, convert.status_out(final, event.status, at=event.timestamp))
 
 
+def _resumed(event: TaskEvent, turn: int) -> bool:
+    """Whether `event` is the resume that began `turn` (its `pending` event, `data.turn`
+    counting from 1)."""
+    data = event.data if isinstance(event.data, dict) else {}
+    return event.status is TaskStatus.PENDING and data.get("turn") == turn + 1
+
+
 async def _question(store: TaskStore, record: TaskRecord, turn: int, event: TaskEvent) -> Event:
     """The input-required status update of `turn`, with the agent's question (the record's
     result; or, once the caller answered, the question in its history)."""
     now = await store.get(record.task_id) or record
-    asked = now.history[2 * turn + 1] if len(now.history) > 2 * turn + 1 else now.result
+    asked = now.history[2 * turn + 1] if now.turn > turn else now.result
     message = None if asked is None else convert.agent_message(asked, now)
     status = convert.status_out(now, TaskStatus.INPUT_REQUIRED, message=message, at=event.timestamp)
     return convert.status_update(now, status)

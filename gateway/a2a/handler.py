@@ -228,7 +228,7 @@ class MeshRequestHandler(RequestHandler):
                 f"not {message.context_id!r}"
             )
         if record.status is not TaskStatus.INPUT_REQUIRED and (
-            record.spec.input.message_id != message.message_id  # not a retried answer
+            record.turn_of(message.message_id) is None  # not a retried answer
         ):
             state = record.status.value
             taking = "is in a terminal state" if record.status.terminal else "takes no input"

@@ -59,12 +59,14 @@ class LongConnections:
         self.me = uuid.uuid4().hex
         self._held: dict[Key, tuple[ChannelConfig, FeishuLongConnection]] = {}
         self._not_before: dict[Key, float] = {}
+        self._claimed: set[Key] = set()  # claims this replica holds (renewed by _renew)
 
     def _claim_key(self, key: Key) -> str:
         return f"{self.state.settings.prefix}:channels:{key[0]}:{key[1]}:holder"
 
     async def run(self) -> None:
         """Keep the connections until cancelled; then close them and release the claims."""
+        renewer = asyncio.get_running_loop().create_task(self._renew())
         try:
             while True:
                 try:
@@ -73,7 +75,18 @@ class LongConnections:
                     logger.warning("long connections: Redis unreachable (%r); holding on", exc)
                 await asyncio.sleep(HOLD / 3)
         finally:
+            renewer.cancel()
             await asyncio.shield(self._close_all())
+
+    async def _renew(self) -> None:
+        """Renew every claim this replica has (held or opening), whatever the rounds are doing
+        (opening or closing a connection takes seconds)."""
+        while True:
+            await asyncio.sleep(HOLD / 3)
+            for key in list(self._claimed):
+                with contextlib.suppress(RedisError, OSError):
+                    if not await self._claim(key):
+                        self._claimed.discard(key)  # lost: the next round drops it
 
     async def _round(self) -> None:
         wanted = {
@@ -92,15 +105,18 @@ class LongConnections:
 
     async def _claim(self, key: Key) -> bool:
         redis, name, ms = self.state.redis, self._claim_key(key), int(HOLD * 1000)
-        if await redis.set(name, self.me, nx=True, px=ms):
-            return True
-        return bool(await redis.eval(_RENEW, 1, name, self.me, ms))
+        ours = bool(
+            await redis.set(name, self.me, nx=True, px=ms)
+            or await redis.eval(_RENEW, 1, name, self.me, ms)
+        )
+        if ours:
+            self._claimed.add(key)
+        return ours
 
     async def _open(self, key: Key, config: ChannelConfig) -> None:
         connection = FeishuLongConnection(config, self._handler(key))
-        renewing = asyncio.get_running_loop().create_task(self._renewing(key))
         try:
-            await connection.start()  # seconds (the SDK's import, the platform): hold the claim
+            await connection.start()  # seconds (the SDK's import, the platform): _renew holds
         except MeshError as exc:
             logger.warning(
                 "channel %s/%s: the long connection did not start (%s); again in %.0f s",
@@ -111,16 +127,8 @@ class LongConnections:
             self._not_before[key] = time.monotonic() + RETRY
             await self._release(key)
             return
-        finally:
-            renewing.cancel()
         logger.info("channel %s/%s: holding the long connection", *key)
         self._held[key] = (config, connection)
-
-    async def _renewing(self, key: Key) -> None:
-        while True:
-            await asyncio.sleep(HOLD / 3)
-            with contextlib.suppress(RedisError, OSError):
-                await self._claim(key)
 
     def _handler(self, key: Key) -> Any:
         async def on_event(event: dict[str, Any]) -> None:
@@ -132,7 +140,9 @@ class LongConnections:
             assert isinstance(channel, FeishuChannel)  # the only platform with this mode
             got = await channel.read_event(event)
             if isinstance(got, Inbound):
-                await pipeline.accept(self.state, self.replies, config, got)
+                # Shielded: if the SDK stops waiting (its ack timeout), the task and its reply
+                # job are still stored together.
+                await asyncio.shield(pipeline.accept(self.state, self.replies, config, got))
 
         return on_event
 
@@ -143,8 +153,11 @@ class LongConnections:
         await connection.stop()
         if release:
             await self._release(key)
+        else:
+            self._claimed.discard(key)
 
     async def _release(self, key: Key) -> None:
+        self._claimed.discard(key)
         with contextlib.suppress(RedisError, OSError):
             await self.state.redis.eval(_RELEASE, 1, self._claim_key(key), self.me)
 

@@ -105,5 +105,8 @@ async def _answer(state: GatewayState, message: Message, target: ReplyTarget) ->
         resumed = await state.tasks.resume(task_id, message)
     except (Conflict, NotFound):
         return None  # settled otherwise meanwhile (canceled, ...): a new task
-    # The new turn's reply answers this message (in its thread).
-    return Job(task_id=task_id, turn=len(resumed.history) // 2, target=target.to_dict())
+    turn = resumed.turn_of(message.message_id)  # the new turn; or, for a retried event, its own
+    if turn is None:
+        return None
+    # The turn's reply answers this message (in its thread).
+    return Job(task_id=task_id, turn=turn, target=target.to_dict())

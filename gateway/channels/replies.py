@@ -6,14 +6,16 @@ whichever gateway replica is free, posted once the task has settled.
                                     <task_id>.<turn>`)
     channel-replies                 its durable consumer, shared by every replica
 
-A job is held (in progress) while its task runs, then the turn's answer is posted with the
-channel's `reply`: the result (completed; or the question of a task that asks for input, after
-which the chat's next message answers it), an apology naming the error (failed), nothing
-(canceled). A post the platform may take later (`ReplyFailed(retriable=True)`) is tried again
-with backoff, `MAX_POSTS` times; then, or at once for a post it will never take, the failure is
-recorded on the task (`metadata.channel_reply` and a progress event) — never silently dropped.
-A posted turn is marked in Redis, so a job delivered twice (a replica died after posting) posts
-once; delivery is at least once only if Redis lost the mark.
+A replica holds a job (in progress) up to `HOLD_WAIT` while its task runs, and hands it back
+to be looked at again if the task is slower, so slow tasks never keep others' replies waiting.
+Once the turn has settled its answer is posted with the channel's `reply`: the result
+(completed; or the question of a task that asks for input, after which the chat's next message
+answers it), an apology naming the error code (failed), nothing (canceled). A post the platform
+may take later (`ReplyFailed(retriable=True)`) is tried again with backoff, `MAX_POSTS` times;
+then, or at once for a post it will never take, the failure is recorded on the task
+(`metadata.channel_reply` and a progress event) — never silently dropped. A replica claims a
+turn's post in Redis before posting (`posting`, then the posted message's id), so a job
+delivered twice posts once; delivery is at least once only if Redis lost the mark.
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ LEASE = 30.0  # seconds a replica holds a job without a sign of life (renewed wh
 MAX_POSTS = 8  # tries of one reply the platform may take later
 BACKOFF = 1.0  # seconds before the second try, doubling, at most MAX_BACKOFF
 MAX_BACKOFF = 60.0
-CONCURRENCY = 64  # jobs a replica holds at once (most of them waiting for their task)
+CONCURRENCY = 64  # jobs a replica works on at once
+HOLD_WAIT = 20.0  # seconds a job waits for its task in a slot; then it is looked at again later
+RECHECK = 2.0  # seconds before a job whose task still runs (or is being posted) is looked at
+CLAIM_TTL = 60  # seconds a replica's claim on posting one turn lasts (it crashed: another posts)
+POSTING = b"posting"  # the claim's value; the posted message's id replaces it
 RETRY = 1.0  # seconds before the consumer is bound again after JetStream went away
 POSTED_TTL = 24 * 3600  # seconds a posted turn is remembered (a job redelivered later)
 WAITING_TTL = 7 * 24 * 3600  # seconds a question waits for the chat's answer
@@ -156,22 +162,22 @@ class Replies:
     async def _deliver(self, msg: Msg) -> None:
         try:
             job = decode(msg.data, Job)
-        except InvalidMessage:
+            target = ReplyTarget.from_dict(job.target)
+        except (InvalidMessage, KeyError, TypeError):
             logger.warning("channel replies: a job that is not one, dropped: %r", msg.data[:200])
             await msg.ack()
             return
-        if await self.state.redis.exists(_posted_key(self.prefix, job)):
-            await msg.ack()
+        redis, posted_key = self.state.redis, _posted_key(self.prefix, job)
+        mark = await redis.get(posted_key)
+        if mark is not None:  # posted; or being posted by another replica: look again later
+            await (msg.nak(delay=RECHECK) if mark == POSTING else msg.ack())
             return
         record = await self._settled(msg, job)
         if record is None:  # no such task (expired)
             await msg.ack()
             return
-        try:
-            target = ReplyTarget.from_dict(job.target)
-        except (KeyError, TypeError):
-            logger.warning("channel replies: a job without a target, dropped: %s", job.task_id)
-            await msg.ack()
+        if record.turn == job.turn and not record.status.settled:
+            await msg.nak(delay=RECHECK)  # still running: free the slot, look again shortly
             return
         answer, status = _answer(record, job.turn)
         if answer is None:
@@ -185,10 +191,14 @@ class Replies:
             )
             await msg.ack()
             return
+        if not await redis.set(posted_key, POSTING, nx=True, ex=CLAIM_TTL):
+            await msg.nak(delay=RECHECK)  # another replica took this turn's post just now
+            return
         try:
             posted = await found[1].reply(target, answer)
         except ReplyFailed as exc:
-            tries = msg.metadata.num_delivered or 1
+            await redis.delete(posted_key)
+            tries = await self._tried(job)
             if exc.retriable and tries < MAX_POSTS:
                 delay = min(max(BACKOFF * 2 ** (tries - 1), exc.retry_after or 0), MAX_BACKOFF)
                 logger.info("channel reply for %s: %s; again in %.1f s", job.task_id, exc, delay)
@@ -197,20 +207,35 @@ class Replies:
             await self._record(record.task_id, target, "failed", str(exc), tries=tries)
             await msg.ack()
             return
-        await self.state.redis.set(_posted_key(self.prefix, job), posted, ex=POSTED_TTL)
-        await self._after_post(record, status)
+        except BaseException:
+            await redis.delete(posted_key)
+            raise
+        await redis.set(posted_key, posted, ex=POSTED_TTL)
+        await self._after_post(record, job, status)
         await self._record(record.task_id, target, "posted", posted, turn=job.turn)
         await msg.ack()
 
+    async def _tried(self, job: Job) -> int:
+        """Count one more failed post of this turn (across replicas and deliveries)."""
+        key = f"{_posted_key(self.prefix, job)}:tries"
+        tries = int(await self.state.redis.incr(key))
+        await self.state.redis.expire(key, POSTED_TTL)
+        return tries
+
     async def _settled(self, msg: Msg, job: Job) -> TaskRecord | None:
-        """The task once turn `job.turn` has settled (holding the job meanwhile)."""
+        """The task once turn `job.turn` has settled, or as it is after `HOLD_WAIT` (a job is
+        not held longer: a slow task must not keep replies of others waiting)."""
         tasks = self.state.tasks
+        deadline = time.monotonic() + HOLD_WAIT
         while True:
             record = await tasks.get(job.task_id)
-            if record is None or len(record.history) // 2 > job.turn or record.status.settled:
+            if record is None or record.turn > job.turn or record.status.settled:
+                return record
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return record
             try:
-                record = await tasks.wait(job.task_id, timeout=LEASE / 3)
+                record = await tasks.wait(job.task_id, timeout=min(left, LEASE / 3))
             except NotFound:
                 return None
             if record.status.settled:
@@ -218,11 +243,12 @@ class Replies:
             with contextlib.suppress(nats.errors.Error, OSError):
                 await msg.in_progress()
 
-    async def _after_post(self, record: TaskRecord, status: TaskStatus) -> None:
+    async def _after_post(self, record: TaskRecord, job: Job, status: TaskStatus) -> None:
         """Remember a question for the chat's next message; forget an answered one."""
         key = waiting_key(self.prefix, record.spec.input.conversation_id or "")
         if status is TaskStatus.INPUT_REQUIRED:
-            await self.state.redis.set(key, record.task_id, ex=WAITING_TTL)
+            if record.turn == job.turn and record.status is TaskStatus.INPUT_REQUIRED:
+                await self.state.redis.set(key, record.task_id, ex=WAITING_TTL)
         elif (await self.state.redis.get(key) or b"").decode() == record.task_id:
             await self.state.redis.delete(key)  # answered (a newer question of another stays)
 
@@ -258,7 +284,7 @@ class Replies:
 
 def _answer(record: TaskRecord, turn: int) -> tuple[Message | None, TaskStatus]:
     """What to post for `turn` of the task, and the turn's outcome."""
-    if len(record.history) // 2 > turn:  # answered since: its question is in the history
+    if record.turn > turn:  # answered since: its question is in the history
         return record.history[2 * turn + 1], TaskStatus.INPUT_REQUIRED
     status = record.status
     if status in (TaskStatus.COMPLETED, TaskStatus.INPUT_REQUIRED, TaskStatus.REJECTED):
@@ -269,7 +295,7 @@ def _answer(record: TaskRecord, turn: int) -> tuple[Message | None, TaskStatus]:
         return None, status
     if status is TaskStatus.FAILED:
         error = record.error
-        why = f" ({error.code}: {error.message})" if error is not None else ""
+        why = f" ({error.code})" if error is not None else ""  # its message stays inside
         return Message(content=[TextPart(text=f"Sorry, I could not answer{why}.")]), status
     return None, status  # canceled
 

@@ -4,9 +4,11 @@ Prints the results as markdown and rewrites their sections of docs/BENCHMARKS.md
 (MeshClient.ask against raw nats-py), `gateway` (the HTTP and WebSocket gateway as a
 process of its own), `llm` (gateway → bus → LLM worker → a local upstream, against that
 upstream called directly), `mcp` (a tool call on the bus and through the gateway, against the
-`mcp` client calling the same MCP server directly) and `tasks` (`mesh.tasks.submit` through an
-executor to an agent, against raw JetStream) and `runtime` (a saved agent's tool round on
-runtime workers, against a plain Python loop calling the same upstream and MCP server).
+`mcp` client calling the same MCP server directly), `tasks` (`mesh.tasks.submit` through an
+executor to an agent, against raw JetStream), `runtime` (a saved agent's tool round on
+runtime workers, against a plain Python loop calling the same upstream and MCP server) and
+`a2a` (a blocking A2A `SendMessage` through the gateway to the echo agent, against the same
+a2a-sdk client calling an a2a-sdk echo server directly).
 `--profile` instead profiles the SDK path at
 concurrency 64.
 """
@@ -23,6 +25,8 @@ from pathlib import Path
 from agentmesh.broker.servers import NatsServer, RedisServer
 from agentmesh.broker.settings import Settings
 from tests.bench import (
+    a2a,
+    a2a_report,
     bus,
     gateway,
     gateway_report,
@@ -37,7 +41,7 @@ from tests.bench import (
     tasks_report,
 )
 
-SECTIONS = ("bus", "gateway", "llm", "mcp", "tasks", "runtime")
+SECTIONS = ("bus", "gateway", "llm", "mcp", "tasks", "runtime", "a2a")
 
 
 def _prefix() -> str:
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("mcp", mcp.run_all, mcp_report.section),
                 ("tasks", tasks.run_all, tasks_report.section),
                 ("runtime", runtime.run_all, runtime_report.section),
+                ("a2a", a2a.run_all, a2a_report.section),
             ):
                 if name in chosen:
                     logs = Path(tmp) / f"{name}-logs"

@@ -20,11 +20,11 @@ HEADER = """\
 # Benchmarks
 
 Run them with `make bench` (it runs `.venv/bin/python -m tests.bench`; `--only bus`,
-`--only gateway`, `--only llm`, `--only mcp` or `--only tasks` runs one section, `--no-write`
-only prints; set `BENCH_SCALE=0.2` for a quick run with fewer requests and shorter windows,
-`BENCH_WS_AGENTS=N` for another number of WebSocket agents). Each path is measured side by
-side with its baseline in the same run, so the ratios are what to compare across machines. The
-numbers below are from one run on the machine described in each section.
+`--only gateway`, `--only llm`, `--only mcp`, `--only tasks`, `--only runtime` or `--only a2a`
+runs one section, `--no-write` only prints; set `BENCH_SCALE=0.2` for a quick run with fewer
+requests and shorter windows, `BENCH_WS_AGENTS=N` for another number of WebSocket agents). Each
+path is measured side by side with its baseline in the same run, so the ratios are what to compare
+across machines. The numbers below are from one run on the machine described in each section.
 
 Each section is rewritten by its benchmark between its `<!-- bench:NAME:start -->` and
 `<!-- bench:NAME:end -->` markers; text outside the markers is kept.

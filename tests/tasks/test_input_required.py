@@ -10,7 +10,7 @@ import pytest
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.client import MeshClient
 from agentmesh.agents.context import Context
-from agentmesh.schemas.envelope import Message
+from agentmesh.schemas.envelope import Message, TextPart
 from agentmesh.schemas.errors import Conflict
 from agentmesh.schemas.task import TaskStatus, needs_input
 from tests.conftest import StartAgent
@@ -119,3 +119,22 @@ async def test_the_answer_to_an_agent_type_task_goes_to_the_agent_that_asked(
     done = await mesh.tasks.wait(ref.task_id, timeout=20)
     assert done.result is not None and done.result.text == f"{asker}: Oslo"
     assert seen[asker] == ["weather?", "Oslo"]
+
+
+async def test_an_earlier_answer_sent_again_is_a_retry_not_the_next_answer(
+    weather: list[Message], mesh: MeshClient
+) -> None:
+    ref = await mesh.tasks.submit("weather", "weather?")
+    await mesh.tasks.wait(ref.task_id, timeout=20)
+    bergen = Message(message_id="answer-bergen", content=[TextPart(text="Bergen")])
+    await mesh.tasks.answer(ref.task_id, input=bergen)
+    asked_again = await mesh.tasks.wait(ref.task_id, timeout=20)  # not Oslo: it asks again
+    assert asked_again.status is TaskStatus.INPUT_REQUIRED and asked_again.turn == 1
+    # The first answer's response was lost, the caller sends it again: the same turn, no new one.
+    again = Message(message_id="answer-bergen", content=[TextPart(text="Bergen")])
+    same = await mesh.tasks.answer(ref.task_id, input=again)
+    assert same.status is TaskStatus.INPUT_REQUIRED and same.turn == 1
+    assert [m.text for m in weather] == ["weather?", "Bergen"]
+    await mesh.tasks.answer(ref.task_id, "Oslo")
+    done = await mesh.tasks.wait(ref.task_id, timeout=20)
+    assert done.result is not None and done.result.text == "sunny in Oslo (3 turns)"

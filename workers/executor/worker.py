@@ -456,7 +456,10 @@ class Executor(MeshService):
         """Record the attempt's outcome (once: a late or superseded one is dropped)."""
         spec = record.spec
         if isinstance(outcome, Message):  # completed; or the agent asks for input, or refuses
-            await self._finish(record, reply_status(outcome), outcome, None, number=number)
+            status = reply_status(outcome)
+            if status is TaskStatus.INPUT_REQUIRED and running.cancel_requested:
+                status, outcome = TaskStatus.CANCELED, None  # a cancel asked meanwhile wins
+            await self._finish(record, status, outcome, None, number=number)
             await msg.ack()
             return
         if running.cancel_requested:
@@ -466,8 +469,9 @@ class Executor(MeshService):
         error = _error_of(outcome)
         retriable = error.code in RETRIABLE or spec.retry_on_error
         deadline_left = spec.deadline is None or spec.deadline > time.time()
-        if retriable and number < spec.max_attempts and deadline_left:
-            backoff = min(self.bus.settings.task_retry_backoff * 2 ** (number - 1), MAX_DELAY)
+        tried = number - record.turn_start  # this turn's attempts (each turn has max_attempts)
+        if retriable and tried < spec.max_attempts and deadline_left:
+            backoff = min(self.bus.settings.task_retry_backoff * 2 ** (tried - 1), MAX_DELAY)
             if await self._retry_later(record, number, error, backoff):
                 await msg.nak(delay=backoff)
             else:
