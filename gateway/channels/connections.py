@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -164,15 +163,3 @@ class LongConnections:
     async def _close_all(self) -> None:
         for key, (_, connection) in list(self._held.items()):
             await self._drop(key, connection)
-
-
-@contextlib.asynccontextmanager
-async def holding(connections: LongConnections) -> AsyncIterator[None]:
-    """Run `connections` for the block's duration (the gateway's lifespan)."""
-    task = asyncio.get_running_loop().create_task(connections.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import nats.errors
@@ -298,15 +297,3 @@ def _answer(record: TaskRecord, turn: int) -> tuple[Message | None, TaskStatus]:
         why = f" ({error.code})" if error is not None else ""  # its message stays inside
         return Message(content=[TextPart(text=f"Sorry, I could not answer{why}.")]), status
     return None, status  # canceled
-
-
-@contextlib.asynccontextmanager
-async def delivering(replies: Replies) -> AsyncIterator[None]:
-    """Run `replies` for the block's duration (the gateway's lifespan)."""
-    task = asyncio.get_running_loop().create_task(replies.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

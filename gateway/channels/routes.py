@@ -10,17 +10,19 @@ platform defines its own body.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from agentmesh.gateway.channels import pipeline
 from agentmesh.gateway.channels.base import Answer
-from agentmesh.gateway.channels.connections import LongConnections, holding
+from agentmesh.gateway.channels.connections import LongConnections
 from agentmesh.gateway.channels.registry import ChannelSet
-from agentmesh.gateway.channels.replies import Replies, delivering
+from agentmesh.gateway.channels.replies import Replies
 from agentmesh.gateway.state import GatewayState, state_of
 from agentmesh.schemas.errors import NotFound
 
@@ -54,7 +56,19 @@ async def serving(app: object, state: GatewayState) -> AsyncIterator[None]:
     replies = Replies(state, channels)
     app.state.channels, app.state.channel_replies = channels, replies  # type: ignore[attr-defined]
     try:
-        async with delivering(replies), holding(LongConnections(state, channels, replies)):
+        async with running(replies.run()), running(LongConnections(state, channels, replies).run()):
             yield
     finally:
         await channels.aclose()
+
+
+@contextlib.asynccontextmanager
+async def running(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """`work` in the background for the block's duration; cancelled at its end."""
+    task = asyncio.get_running_loop().create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
