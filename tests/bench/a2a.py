@@ -47,10 +47,12 @@ from tests.bench.processes import (
     Child,
     ChildError,
     CpuMeter,
+    Throughput,
     agent_online,
     gateway_ready,
     launch_echo,
     launch_gateway,
+    metered,
     settings_env,
     stopping,
 )
@@ -69,12 +71,6 @@ THROUGHPUT_REQUESTS = 1000  # per round and path, before BENCH_SCALE
 TARGET_ADDED_MS = 2.0  # added p50 over the direct server, one at a time, at most
 TARGET_RATIO = 0.8  # gateway calls/s over the direct server's at CONCURRENCY, at least
 TIMEOUT = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class Throughput:
-    result: Result
-    cpu: dict[str, float]  # % of one core over the run, per process and machine-wide
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,18 +150,10 @@ async def server_ready(child: Child, url: str, *, timeout: float = 20.0) -> None
 
 
 async def throughput(path: str, call: Call, pids: dict[str, int]) -> Throughput:
-    await run(call, requests=CONCURRENCY * 4, concurrency=CONCURRENCY)
-    meter = CpuMeter(pids)
-    result = await measure(
-        path, call, requests=scaled(THROUGHPUT_REQUESTS), concurrency=CONCURRENCY
+    requests = scaled(THROUGHPUT_REQUESTS)
+    return await metered(
+        path, call, pids, requests=requests, concurrency=CONCURRENCY, warm=CONCURRENCY * 4
     )
-    cpu = meter.percent()
-    busy = ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items() if v >= 5)
-    progress(
-        f"c={CONCURRENCY} {path}: {result.rps:,.0f}/s, p50 {result.p50_ms:.2f} ms, "
-        f"p99 {result.p99_ms:.2f} ms; CPU {busy}"
-    )
-    return Throughput(result, cpu)
 
 
 async def run_all(settings: Settings, *, logs: Path, server_pids: dict[str, int]) -> A2ARun:

@@ -18,30 +18,11 @@ from tests.bench.a2a import (
     THROUGHPUT_REQUESTS,
     WARMUP,
     A2ARun,
-    Throughput,
 )
 from tests.bench.bus import best
 from tests.bench.measure import p50_range, scaled
-from tests.bench.processes import MACHINE
-from tests.bench.tasks_report import others, quickest
-
-
-def _cpu_table(loads: list[Throughput]) -> str:
-    """CPU milliseconds per call of each process over each run, and the whole machine's use."""
-    names = [n for n in loads[0].cpu if n != MACHINE]
-    rows = [
-        "| run | " + " | ".join(names) + f" | whole machine, % ({report.cpus()} cores) "
-        "| of which other processes, % |",
-        "|---|" + "---:|" * (len(names) + 2),
-    ]
-    for t in loads:
-        per_call = 10 * t.result.seconds / t.result.requests  # ms per call for 1% of a core
-        cells = [f"{t.cpu[n] * per_call:.3f}" for n in names]
-        rows.append(
-            f"| {t.result.path} | " + " | ".join(cells) + f" | {t.cpu[MACHINE]:.0f} "
-            f"| {others(t.cpu):.0f} |"
-        )
-    return "\n".join(rows)
+from tests.bench.processes import MACHINE, Throughput
+from tests.bench.tasks_report import cpu_table, others, quickest
 
 
 def _mesh_cpu_ms(t: Throughput) -> float:
@@ -121,7 +102,7 @@ task alone.
 CPU per call over each run, in milliseconds, and the whole machine's CPU use in % of one core,
 with the part of it not charged to a process of this run (other work, kernel time, steal time):
 
-{_cpu_table(loads)}
+{cpu_table(loads)}
 
 ### Targets
 

@@ -27,8 +27,16 @@ from agentmesh.agents.client import MeshClient
 from agentmesh.broker.settings import Settings
 from tests.bench.http1 import Connection, HttpError, post
 from tests.bench.llm import ROUNDS, Mesh, rounds
-from tests.bench.measure import Call, Result, measure, progress, run, scaled
-from tests.bench.processes import BIN, ROOT, Child, ChildError, CpuMeter, gateway_ready
+from tests.bench.measure import Call, Result, progress, scaled
+from tests.bench.processes import (
+    BIN,
+    ROOT,
+    Child,
+    ChildError,
+    Throughput,
+    gateway_ready,
+    metered,
+)
 
 SERVER = "demo"
 TOOL = "echo"
@@ -47,12 +55,6 @@ CONCURRENCY = 16  # calls in flight in the throughput runs
 THROUGHPUT_REQUESTS = 1000  # per round, path and worker count, before BENCH_SCALE
 WORKERS = (1, 2)  # the mesh paths' throughput with one worker, then two
 TIMEOUT = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Throughput:
-    result: Result  # its path names the worker count
-    cpu: dict[str, float]  # % of one core over the run, per process and machine-wide
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,18 +236,12 @@ async def paths(
 
 
 async def throughput(mesh: ToolMesh, path: str, call: Call, workers: int) -> Throughput:
-    """Warm up, then CONCURRENCY callers in this process, CPU metered over the run."""
-    await run(call, requests=CONCURRENCY * 8, concurrency=CONCURRENCY)
-    meter = CpuMeter(mesh.pids())
+    """Warm up, then CONCURRENCY callers in this process, CPU metered over the run (the
+    result's path names the worker count)."""
     name, requests = with_workers(path, workers), scaled(THROUGHPUT_REQUESTS)
-    result = await measure(name, call, requests=requests, concurrency=CONCURRENCY)
-    cpu = meter.percent()
-    busy = ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items() if v >= 5)
-    progress(
-        f"c={CONCURRENCY} {name}: {result.rps:,.0f} calls/s, p50 {result.p50_ms:.2f} ms, "
-        f"p99 {result.p99_ms:.2f} ms; CPU {busy}"
+    return await metered(
+        name, call, mesh.pids(), requests=requests, concurrency=CONCURRENCY, warm=CONCURRENCY * 8
     )
-    return Throughput(result, cpu)
 
 
 async def run_all(settings: Settings, *, logs: Path, server_pids: dict[str, int]) -> MCPRun:

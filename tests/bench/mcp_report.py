@@ -20,11 +20,10 @@ from tests.bench.mcp import (
     VIA_POST,
     WORKERS,
     MCPRun,
-    Throughput,
     with_workers,
 )
 from tests.bench.measure import p50_range, scaled
-from tests.bench.processes import MACHINE
+from tests.bench.processes import MACHINE, Throughput
 
 
 def _cpu_table(loads: list[Throughput]) -> str:

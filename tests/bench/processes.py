@@ -21,6 +21,7 @@ import httpx
 from agentmesh.agents.client import MeshClient
 from agentmesh.broker.servers import _die_with_parent, free_port
 from agentmesh.broker.settings import Settings
+from tests.bench.measure import Call, Result, measure, progress, run
 
 BIN = Path(sys.executable).parent  # the venv's bin: its `agentmesh` and `python`
 ROOT = Path(__file__).resolve().parents[2]  # children run here, so `tests.bench` imports
@@ -216,6 +217,38 @@ class CpuMeter:
         """Since the meter was made: each process's CPU %, then the whole machine's."""
         now, wall = self._read(), time.monotonic() - self._start
         return {name: 100 * (now[name] - self._cpu[name]) / wall for name in now}
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """One throughput run, and the CPU it cost."""
+
+    result: Result
+    cpu: dict[str, float]  # % of one core over the run, per process and machine-wide
+
+
+async def metered(
+    path: str,
+    call: Call,
+    pids: Mapping[str, int],
+    *,
+    requests: int,
+    concurrency: int,
+    warm: int = 0,
+) -> Throughput:
+    """`warm` calls first (not measured), then `requests` calls `concurrency` at a time, with
+    the CPU of `pids` and of the whole machine metered over them; one progress line."""
+    if warm:
+        await run(call, requests=warm, concurrency=concurrency)
+    meter = CpuMeter(pids)
+    result = await measure(path, call, requests=requests, concurrency=concurrency)
+    cpu = meter.percent()
+    busy = ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items() if v >= 5)
+    progress(
+        f"c={concurrency} {path}: {result.rps:,.0f}/s, p50 {result.p50_ms:.2f} ms, "
+        f"p99 {result.p99_ms:.2f} ms; CPU {busy}"
+    )
+    return Throughput(result, cpu)
 
 
 def raise_nofile(need: int) -> int:

@@ -36,7 +36,9 @@ from tests.bench.processes import (
     Child,
     ChildError,
     CpuMeter,
+    Throughput,
     agent_online,
+    metered,
     settings_env,
     stopping,
 )
@@ -58,12 +60,6 @@ ROUNDS = 2
 TIMEOUT = 30.0  # for one task to complete
 TARGET_RATIO = 0.5  # mesh tasks/s over raw messages/s at concurrency 64, at least
 TARGET_START_P50_MS = 5.0  # submit → handler start at the median, one at a time, under
-
-
-@dataclass(frozen=True, slots=True)
-class Throughput:
-    result: Result
-    cpu: dict[str, float]  # % of one core over the run, per process and machine-wide
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,15 +273,9 @@ def start_children(settings: Settings, logs: Path, children: list[Child]) -> dic
 
 
 async def throughput(path: str, call: Call, pids: dict[str, int]) -> Throughput:
-    meter = CpuMeter(pids)
-    result = await measure(path, call, requests=scaled(THROUGHPUT_TASKS), concurrency=CONCURRENCY)
-    cpu = meter.percent()
-    busy = ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items() if v >= 5)
-    progress(
-        f"c={CONCURRENCY} {path}: {result.rps:,.0f}/s, p50 {result.p50_ms:.2f} ms, "
-        f"p99 {result.p99_ms:.2f} ms; CPU {busy}"
+    return await metered(
+        path, call, pids, requests=scaled(THROUGHPUT_TASKS), concurrency=CONCURRENCY
     )
-    return Throughput(result, cpu)
 
 
 async def run_all(settings: Settings, *, logs: Path, server_pids: dict[str, int]) -> TasksRun:

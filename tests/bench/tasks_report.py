@@ -6,7 +6,7 @@ from __future__ import annotations
 from tests.bench import report
 from tests.bench.bus import best
 from tests.bench.measure import Result, p50_range, scaled
-from tests.bench.processes import MACHINE
+from tests.bench.processes import MACHINE, Throughput
 from tests.bench.task_agent import AGENT_ID
 from tests.bench.tasks import (
     CONCURRENCY,
@@ -24,7 +24,6 @@ from tests.bench.tasks import (
     THROUGHPUT_TASKS,
     WARMUP,
     TasksRun,
-    Throughput,
 )
 
 
@@ -54,8 +53,8 @@ def others(cpu: dict[str, float]) -> float:
     return max(0.0, cpu[MACHINE] - sum(v for k, v in cpu.items() if k != MACHINE))
 
 
-def _cpu_table(loads: list[Throughput]) -> str:
-    """CPU milliseconds per task (message) of each process over each run, and the whole
+def cpu_table(loads: list[Throughput]) -> str:
+    """CPU milliseconds per task (or call) of each process over each run, and the whole
     machine's use in % of one core, with the part of it outside this run's processes."""
     names = [n for n in loads[0].cpu if n != MACHINE]
     rows = [
@@ -64,8 +63,8 @@ def _cpu_table(loads: list[Throughput]) -> str:
         "|---|" + "---:|" * (len(names) + 2),
     ]
     for t in loads:
-        per_task = 10 * t.result.seconds / t.result.requests  # ms per task for 1% of a core
-        cells = [f"{t.cpu[n] * per_task:.3f}" for n in names]
+        per_item = 10 * t.result.seconds / t.result.requests  # ms per task (call) for 1% of a core
+        cells = [f"{t.cpu[n] * per_item:.3f}" for n in names]
         rows.append(
             f"| {t.result.path} | " + " | ".join(cells) + f" | {t.cpu[MACHINE]:.0f} "
             f"| {others(t.cpu):.0f} |"
@@ -146,7 +145,7 @@ CPU per task (per message for the raw path) over each run, in milliseconds, and 
 machine's CPU use in % of one core, with the part of it no process of this run used (other work
 on the machine):
 
-{_cpu_table(loads)}
+{cpu_table(loads)}
 
 ### Targets
 

@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 import httpx
+import pytest
 import schemathesis
 from hypothesis import strategies as st
 from schemathesis.engine import Status, events, from_schema
@@ -44,6 +45,7 @@ PRINTABLE = st.text(
 ).filter(str.strip)
 
 
+@pytest.mark.timeout(DEADLINE + 60)  # the run's own bound, then the gateway's stop
 async def test_schemathesis_with_every_check_finds_nothing(start_gateway: StartGateway) -> None:
     gateway = await start_gateway(config=GatewayConfig(auth=True, admin_token=ADMIN_TOKEN))
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
