@@ -5,26 +5,20 @@ connection, held by one replica of two."""
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.client import MeshClient
-from agentmesh.broker.servers import free_port
 from agentmesh.gateway.channels import connections, replies
 from agentmesh.gateway.channels.config import ChannelConfig
 from agentmesh.gateway.state import GatewayConfig
 from agentmesh.schemas.envelope import Message
-from agentmesh.schemas.service import ServiceKind
+from tests.channels.conftest import gateway_process, sigkill
 from tests.channels.fake_feishu import (
     APP_ID,
     APP_SECRET,
@@ -41,7 +35,6 @@ from tests.conftest import StartAgent, StartExecutor
 from tests.gateway.conftest import Replica, StartGateway
 
 EVENTS = "/channels/feishu/support/events"
-AGENTMESH = str(Path(sys.executable).parent / "agentmesh")
 
 
 @pytest.fixture
@@ -151,38 +144,6 @@ async def test_an_expired_token_is_refreshed_and_a_failing_reply_api_recovers(
     assert fake.token_requests == tokens + 1  # the refused token was replaced once
 
 
-@asynccontextmanager
-async def gateway_process(
-    tmp_path: Path, fake: FakeFeishu, env: dict[str, str], mesh: MeshClient, **kw: Any
-) -> AsyncIterator[tuple[asyncio.subprocess.Process, Replica]]:
-    """A gateway in its own process (to SIGKILL), its channel from a mesh file, once it is
-    announced; killed at the end if it still runs."""
-    file = tmp_path / "mesh.yaml"
-    file.write_text(yaml.safe_dump({"channels": [channel(fake, **kw)]}))
-    port = free_port()
-    gateway = await asyncio.create_subprocess_exec(
-        AGENTMESH,
-        *("gateway", "--port", str(port), "-f", str(file)),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        async with asyncio.timeout(30):
-            while not await mesh.services(ServiceKind.GATEWAY):  # noqa: ASYNC110
-                await asyncio.sleep(0.05)  # another process's start-up
-        yield gateway, Replica(url=f"http://127.0.0.1:{port}", port=port)
-    finally:
-        if gateway.returncode is None:
-            gateway.kill()
-            await gateway.wait()
-
-
-async def sigkill(process: asyncio.subprocess.Process) -> None:
-    process.send_signal(signal.SIGKILL)
-    await process.wait()
-
-
 async def test_a_gateway_sigkilled_after_its_200_loses_nothing(
     tmp_path: Path,
     fake: FakeFeishu,
@@ -192,14 +153,8 @@ async def test_a_gateway_sigkilled_after_its_200_loses_nothing(
     start_agent: StartAgent,
     start_executor: StartExecutor,
 ) -> None:
-    async with gateway_process(tmp_path, fake, task_env, mesh) as (gateway, replica):
-        async with asyncio.timeout(30):
-            while True:  # announced before uvicorn listens: retry a refused connection
-                try:
-                    answer = await post(replica, message_event("survive this", chat_id="oc_crash"))
-                    break
-                except httpx.ConnectError:
-                    await asyncio.sleep(0.05)
+    async with gateway_process(tmp_path, channel(fake), task_env, mesh) as (gateway, replica):
+        answer = await post(replica, message_event("survive this", chat_id="oc_crash"))
         assert answer.status_code == 200, answer.text
         await sigkill(gateway)
     assert fake.replies == []  # no agent was running: nothing could have been answered yet
@@ -240,7 +195,7 @@ async def test_when_the_holder_is_sigkilled_another_replica_takes_the_long_conne
     # its full HOLD (15 s), as it would in production.
     monkeypatch.setattr(connections, "HOLD", 1.5)
     options = {"mode": "long_connection", "encrypt_key": None}
-    async with gateway_process(tmp_path, fake, task_env, mesh, **options) as (holder, _):
+    async with gateway_process(tmp_path, channel(fake, **options), task_env, mesh) as (holder, _):
         await fake.until_ws(1, open_now=1, timeout=40)  # the process holds it
         await start_gateway(config=gateway_config(fake, **options))
         await sigkill(holder)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from nats.js import api
 
+from agentmesh.agents.agent import Agent
 from agentmesh.agents.client import MeshClient
 from agentmesh.gateway.channels import replies
 from agentmesh.gateway.channels.config import ChannelConfig
@@ -19,6 +21,7 @@ from agentmesh.gateway.state import GatewayConfig
 from agentmesh.schemas.codec import decode
 from agentmesh.schemas.envelope import Message
 from agentmesh.schemas.task import TaskEvent, TaskStatus
+from tests.channels.conftest import gateway_process, sigkill
 from tests.channels.fake_slack import (
     BOT_USER_ID,
     SIGNING_SECRET,
@@ -29,6 +32,7 @@ from tests.channels.fake_slack import (
     message,
     signed,
 )
+from tests.conftest import StartAgent, StartExecutor
 from tests.gateway.conftest import Replica, StartGateway
 
 EVENTS = "/channels/slack/team/events"
@@ -86,6 +90,32 @@ async def test_a_mention_is_answered_in_its_thread_once_through_either_replica(
     (task,) = await mesh.tasks.list(agent_id="helper")
     settled = await mesh.tasks.wait(task.task_id, timeout=10)
     assert settled.status is TaskStatus.COMPLETED
+
+
+async def test_a_gateway_sigkilled_after_its_200_loses_nothing(
+    tmp_path: Path,
+    slack: FakeSlack,
+    task_env: dict[str, str],
+    mesh: MeshClient,
+    start_gateway: StartGateway,
+    start_agent: StartAgent,
+    start_executor: StartExecutor,
+) -> None:
+    config = channel(slack).model_dump(mode="json", exclude_none=True)
+    async with gateway_process(tmp_path, config, task_env, mesh) as (gateway, replica):
+        event = event_callback(app_mention("<@U0MESHBOT> survive this"))
+        assert (await post(replica, event)).status_code == 200
+        await sigkill(gateway)
+    assert slack.posted == []  # no agent was running: nothing could have been answered yet
+    # Another replica, the agent and an executor come: the task runs, the reply is posted.
+    await start_gateway(config=GatewayConfig(channels=(channel(slack),)))
+    agent = Agent("helper")
+    agent.handler(lambda msg, ctx: f"still here: {msg.text}")
+    await start_agent(agent)
+    await start_executor()
+    (posted,) = await slack.wait_posted(1, timeout=40)
+    assert posted["text"] == "still here: @U0MESHBOT survive this", posted
+    assert posted["thread_ts"] == event["event"]["ts"]
 
 
 async def test_a_bad_signature_is_a_401_and_a_channel_message_without_a_mention_is_left(
