@@ -60,7 +60,7 @@ from a2a.utils.task import (
 )
 
 from agentmesh.gateway.a2a import convert, events, push_configs
-from agentmesh.gateway.auth import Principal, stamp_sender
+from agentmesh.gateway.auth import SENDER_KEY, Principal, Scope, stamp_sender
 from agentmesh.gateway.state import GatewayState
 from agentmesh.schemas.envelope import new_id
 from agentmesh.schemas.errors import (
@@ -116,21 +116,34 @@ def _idempotency_key(call: Call, message_id: str) -> str:
     return f"api:{call.principal.key_id or 'anonymous'}:a2a:{call.agent_id}:{message_id}"
 
 
+def sees(principal: Principal, record: TaskRecord) -> bool:
+    """Whether the caller's A2A requests see the task. As the SDK's task stores scope tasks by
+    user, a key sees the tasks submitted with it (over A2A or any other route that stamps the
+    key); an admin key, and everyone when auth is off, sees every task of the agent."""
+    if principal.key_id is None or Scope.ADMIN in principal.scopes:
+        return True
+    return record.spec.metadata.get(SENDER_KEY) == principal.key_id
+
+
 class MeshRequestHandler(RequestHandler):
     """A2A requests for mesh agents, answered from the mesh's durable tasks."""
 
     # Reads ---------------------------------------------------------------------------------
     async def _record(self, call: Call, task_id: str) -> TaskRecord:
-        """The agent's task `task_id`.
+        """The agent's task `task_id`, if the caller sees it.
 
         Raises:
-            TaskNotFoundError: no such task, or another agent's.
+            TaskNotFoundError: no such task, another agent's, or another key's.
         """
         if not TASK_ID_RE.fullmatch(task_id):
             raise TaskNotFoundError(message=f"no task {task_id[:80]!r}")
         with mesh_errors():
             record = await call.state.tasks.get(task_id)
-        if record is None or record.spec.agent_id != call.agent_id:
+        if (
+            record is None
+            or record.spec.agent_id != call.agent_id
+            or not sees(call.principal, record)
+        ):
             raise TaskNotFoundError(message=f"no task {task_id!r} of agent {call.agent_id!r}")
         return record
 
@@ -144,7 +157,8 @@ class MeshRequestHandler(RequestHandler):
     async def on_list_tasks(
         self, params: ListTasksRequest, context: ServerCallContext
     ) -> ListTasksResponse:
-        """The agent's tasks, newest created first, `pageSize` at a time (default 50)."""
+        """The agent's tasks the caller sees, newest created first, `pageSize` at a time
+        (default 50)."""
         validate_history_length(params)
         size = DEFAULT_LIST_TASKS_PAGE_SIZE
         if params.HasField("page_size"):
@@ -158,6 +172,7 @@ class MeshRequestHandler(RequestHandler):
                 records = await call.state.tasks.list(
                     agent_id=call.agent_id, status=wanted, limit=MAX_LISTED
                 )
+        records = [r for r in records if sees(call.principal, r)]
         if params.context_id:
             records = [r for r in records if convert.context_of(r) == params.context_id]
         if params.HasField("status_timestamp_after"):

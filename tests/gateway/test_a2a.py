@@ -449,8 +449,53 @@ async def test_with_auth_on_keys_and_scopes_apply(
         )
         assert r.json()["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
         task_id = r.json()["result"]["task"]["id"]
-        r = await http.get(f"{gateway.url}/a2a/echo/tasks/{task_id}", headers=headers)
+        r = await http.get(
+            f"{gateway.url}/a2a/echo/tasks/{task_id}",
+            headers={**headers, "Authorization": f"Bearer {sender}"},
+        )
         assert r.status_code == 200 and r.json()["id"] == task_id
+        r = await http.get(f"{gateway.url}/a2a/echo/tasks/{task_id}", headers=headers)
+        assert r.status_code == 404  # the reader's key did not send it (see the test below)
+
+
+async def test_with_auth_on_a_key_sees_only_its_own_tasks_and_an_admin_key_every_task(
+    start_gateway: StartGateway, echo: Agent, keys: KeyStore
+) -> None:
+    gateway = await start_gateway(config=GatewayConfig(auth=True))
+    scopes = frozenset({Scope.SEND, Scope.AGENTS_READ})
+    alice, _ = await keys.create("alice", scopes=scopes)
+    bob, _ = await keys.create("bob", scopes=scopes)
+    admin, _ = await keys.create("admin", scopes=frozenset({Scope.ADMIN}))
+    base = f"{gateway.url}/a2a/echo"
+
+    def headers(key: str) -> dict[str, str]:
+        return {"A2A-Version": "1.0", "Authorization": f"Bearer {key}"}
+
+    message = {"role": "ROLE_USER", "messageId": "same-id", "parts": [{"text": "mine"}]}
+    async with httpx.AsyncClient(timeout=10) as http:
+        sent = await http.post(
+            f"{base}/message:send", json={"message": message}, headers=headers(alice)
+        )
+        assert sent.status_code == 200, sent.text
+        task_id = sent.json()["task"]["id"]
+        # Bob can neither read, list, cancel nor subscribe to it: to him it does not exist.
+        assert (await http.get(f"{base}/tasks/{task_id}", headers=headers(bob))).status_code == 404
+        listed = await http.get(f"{base}/tasks", headers=headers(bob))
+        assert listed.status_code == 200 and listed.json().get("tasks", []) == []
+        cancel = await http.post(f"{base}/tasks/{task_id}:cancel", headers=headers(bob))
+        assert cancel.status_code == 404
+        # The same message id from Bob is his own task, not Alice's.
+        his = await http.post(
+            f"{base}/message:send", json={"message": message}, headers=headers(bob)
+        )
+        assert his.json()["task"]["id"] != task_id
+        mine = await http.get(f"{base}/tasks", headers=headers(alice))
+        assert [t["id"] for t in mine.json()["tasks"]] == [task_id]
+        assert (
+            await http.get(f"{base}/tasks/{task_id}", headers=headers(alice))
+        ).status_code == 200
+        every = await http.get(f"{base}/tasks", headers=headers(admin))
+        assert {t["id"] for t in every.json()["tasks"]} == {task_id, his.json()["task"]["id"]}
 
 
 @pytest.mark.parametrize("binding", [JSONRPC, REST])
