@@ -380,7 +380,9 @@ async def test_two_bridges_share_the_calls_to_the_agent(
     replies = await asyncio.gather(*(mesh.ask("weather", f"city {i}") for i in range(20)))
     assert [r.text for r in replies] == [f"sunny in city {i}" for i in range(20)]
     assert one.bus.served > 0 and two.bus.served > 0
-    assert one.bus.served + two.bus.served == 20
+    # At least once each: on a loaded machine a call not acknowledged within the ack timeout is
+    # sent again (PROTOCOL §4), and the cancelled first attempt counts as served too.
+    assert one.bus.served + two.bus.served >= 20
 
 
 async def test_a_bridge_killed_mid_call_fails_the_call_at_once(
