@@ -24,6 +24,7 @@ from agentmesh.schemas.errors import (
     Unauthorized,
 )
 from tests.conftest import StartAgent
+from tests.waiting import until
 
 
 def echo_agent(agent_id: str = "echo", **kw: object) -> Agent:
@@ -337,10 +338,12 @@ async def test_stopping_an_agent_finishes_the_calls_in_flight_then_leaves(
     async with asyncio.timeout(2):
         await started.wait()
     stopping = asyncio.create_task(agent.stop())
-    async with asyncio.timeout(2):
-        # Presence is left first, so no new caller is routed here ...
-        while await mesh.agent("draining") is not None:  # noqa: ASYNC110 - state in Redis
-            await asyncio.sleep(0.01)
+
+    async def left() -> bool:  # state in Redis
+        return await mesh.agent("draining") is None
+
+    # Presence is left first, so no new caller is routed here ...
+    await until(left, timeout=2, what="the agent's presence left")
     assert not stopping.done()  # ... while the call in flight is still running
     release.set()
     async with asyncio.timeout(2):

@@ -21,6 +21,7 @@ from agentmesh.schemas.codec import decode
 from agentmesh.schemas.envelope import Message
 from agentmesh.schemas.errors import MeshError, Unavailable
 from tests.conftest import StartAgent
+from tests.waiting import until
 
 AGENTMESH = str(Path(sys.executable).parent / "agentmesh")
 
@@ -175,13 +176,21 @@ async def test_a_sigkilled_replicas_served_calls_stay_counted_within_one_interva
     await start_agent(sweeper)
     proc = await spawn_replica(env_for)
     registry = await mesh.registry()
+
+    async def counted() -> bool:
+        return await registry.messages() >= 50
+
     try:
         async with asyncio.timeout(20):
             online = await next_event(events, agent_id="replica", event=PresenceStatus.ONLINE)
             for i in range(50):
                 assert (await mesh.ask("replica", str(i))).text.endswith(f":{i}")
-            while await registry.messages() < 50:  # noqa: ASYNC110 - one heartbeat interval
-                await asyncio.sleep(settings.heartbeat_interval / 4)
+            await until(  # the calls reach the registry within one heartbeat interval
+                counted,
+                timeout=20,
+                what="50 calls counted in the registry",
+                every=settings.heartbeat_interval / 4,
+            )
             os.kill(proc.pid, signal.SIGKILL)
             await proc.wait()
             gone = await next_event(

@@ -12,6 +12,7 @@ from agentmesh.broker.servers import NatsServer
 from agentmesh.broker.settings import Settings
 from agentmesh.broker.types import Request
 from agentmesh.schemas.errors import ErrorCode, NoResponders, Unavailable
+from tests.waiting import until
 
 
 async def test_calls_cancelled_at_any_moment_leave_no_handler_running_and_no_slot_taken(
@@ -42,8 +43,11 @@ async def test_calls_cancelled_at_any_moment_leave_no_handler_running_and_no_slo
             call.cancel()
             await asyncio.gather(call, return_exceptions=True)
         async with asyncio.timeout(5):
-            while running or server._control.inflight:  # noqa: ASYNC110 - remote side settles
-                await asyncio.sleep(0.01)
+            await until(  # the remote side settles
+                lambda: not running and not server._control.inflight,
+                timeout=5,
+                what="no handler running and no call in flight",
+            )
             # Only 4 slots: one leaked slot per lost cancel would block this call.
             assert (await caller.request(subject, b"ping")).data == b"pong"
 

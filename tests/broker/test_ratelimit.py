@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from agentmesh.broker.ratelimit import Limit, RateLimiter
 from agentmesh.broker.servers import RedisServer
 from agentmesh.schemas.errors import RateLimited
+from tests.waiting import until
 
 # A long period: refill during a test (milliseconds) is far below one token.
 PER_MINUTE = Limit(10, 60)
@@ -41,11 +42,11 @@ async def until_allowed(limiter: RateLimiter, key: str, limit: Limit) -> None:
 
 async def until_gone(redis: aioredis.Redis, key: str) -> None:
     """Poll until Redis has expired `key` (there is no event to wait on); deadline 2 s."""
-    async with asyncio.timeout(2):
-        while True:
-            if not await redis.exists(key):
-                return
-            await asyncio.sleep(0.01)
+
+    async def gone() -> bool:
+        return not await redis.exists(key)
+
+    await until(gone, timeout=2, what=f"{key!r} expired")
 
 
 async def test_a_burst_of_exactly_count_passes_and_the_next_hit_is_refused(

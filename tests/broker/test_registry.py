@@ -3,7 +3,6 @@ records, prefixes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -19,6 +18,7 @@ from agentmesh.broker.subjects import Subjects
 from agentmesh.schemas.agent import AgentCard, PresenceStatus
 from agentmesh.schemas.errors import ConnectionFailed
 from agentmesh.schemas.service import InvalidRecord, Load, Serves, ServiceRecord
+from tests.waiting import until
 
 TIMEOUT = 0.5
 
@@ -53,9 +53,10 @@ def worker(instance_id: str, models: list[str]) -> ServiceRecord:
 
 
 async def wait_until_gone(registry: Registry, agent_id: str) -> None:
-    async with asyncio.timeout(TIMEOUT * 6):
-        while await registry.agent(agent_id) is not None:  # noqa: ASYNC110 - time must pass
-            await asyncio.sleep(TIMEOUT / 5)
+    async def gone() -> bool:  # time must pass
+        return await registry.agent(agent_id) is None
+
+    await until(gone, timeout=TIMEOUT * 6, what=f"{agent_id} dropped out", every=TIMEOUT / 5)
 
 
 async def test_a_heartbeat_registers_the_record_and_what_it_serves(registry: Registry) -> None:
@@ -134,14 +135,16 @@ async def test_an_instance_that_stops_heartbeating_drops_out_at_the_timeout(
 
 async def test_a_dead_replica_drops_out_while_its_sibling_stays(registry: Registry) -> None:
     await registry.heartbeat(agent("dead"))
-    async with asyncio.timeout(TIMEOUT * 6):
-        while True:
-            await registry.heartbeat(agent("alive"))
-            found = await registry.agent("agent-001")
-            assert found is not None
-            if [i.instance_id for i in found.instances] == ["alive"]:
-                break
-            await asyncio.sleep(TIMEOUT / 5)  # noqa: ASYNC110 - a replica heartbeat interval
+
+    async def only_alive_left() -> bool:  # polled at a replica heartbeat interval
+        await registry.heartbeat(agent("alive"))
+        found = await registry.agent("agent-001")
+        assert found is not None
+        return [i.instance_id for i in found.instances] == ["alive"]
+
+    await until(
+        only_alive_left, timeout=TIMEOUT * 6, what="only the alive replica left", every=TIMEOUT / 5
+    )
     swept = await registry.sweep()
     assert [r.instance_id for r in swept if isinstance(r, ServiceRecord)] == ["dead"]
 

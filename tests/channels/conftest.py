@@ -25,6 +25,7 @@ from tests.gateway.conftest import (
     Replica,
     start_gateway,  # noqa: F401 - a fixture
 )
+from tests.waiting import until
 
 AGENTMESH = str(Path(sys.executable).parent / "agentmesh")
 
@@ -62,16 +63,20 @@ async def gateway_process(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
+
+    async def listening() -> bool:  # announced before uvicorn listens: refused until then
+        try:
+            async with httpx.AsyncClient(base_url=replica.url) as http:
+                await http.get("/healthz")
+        except httpx.ConnectError:
+            return False
+        return True
+
     try:
-        async with asyncio.timeout(30), httpx.AsyncClient(base_url=replica.url) as http:
-            while not await mesh.services(ServiceKind.GATEWAY):  # noqa: ASYNC110
-                await asyncio.sleep(0.05)  # another process's start-up
-            while True:  # announced before uvicorn listens: a refused connection is tried again
-                try:
-                    await http.get("/healthz")
-                    break
-                except httpx.ConnectError:
-                    await asyncio.sleep(0.05)
+        # Another process's start-up: nothing to await from here.
+        services = mesh.services
+        await until(lambda: services(ServiceKind.GATEWAY), timeout=30, what="the gateway announced")
+        await until(listening, timeout=30, what="the gateway process listening")
         yield gateway, replica
     finally:
         if gateway.returncode is None:

@@ -4,7 +4,6 @@ against two gateway replicas, and the task updates POSTed to a real local webhoo
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -42,6 +41,7 @@ from agentmesh.schemas.envelope import Message as MeshMessage
 from tests.conftest import Logged, StartAgent, StartExecutor
 from tests.gateway.conftest import Replica, StartGateway
 from tests.gateway.test_a2a import JSONRPC, MISSING, REST, only, send, user
+from tests.waiting import until
 from tests.workers.fake_server import FakeServer
 
 ALLOW = GatewayConfig(a2a_push_allow_private=True)  # the receiver is on loopback
@@ -137,13 +137,12 @@ async def drained(durable: DurableState, settings: Settings) -> None:
         (names(settings.prefix)["task_events"], push.CONSUMER),
         (f"KV_{bucket_name(settings.prefix)}", push.CONFIG_CONSUMER),
     ]
-    deadline = time.monotonic() + DEADLINE
-    while True:
+
+    async def acked() -> bool:  # nothing to await: JetStream's counters, polled
         infos = [await durable.js.consumer_info(s, c) for s, c in consumers]
-        if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
-            return
-        assert time.monotonic() < deadline, f"push consumers not drained: {infos}"
-        await asyncio.sleep(0.05)  # nothing to await: JetStream's counters, polled
+        return all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos)
+
+    await until(acked, timeout=DEADLINE, what="push consumers drained")
 
 
 async def test_the_card_says_push_notifications_are_supported(

@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import time
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from tests.mcp.fixtures import DemoHTTP
 from tests.runtime import conftest as runtime_fixtures
 from tests.runtime.conftest import StartModel, StartRuntime
 from tests.runtime.scripted_llm import Reply, ScriptedOpenAI, last_message, tool_names
+from tests.waiting import until
 from tests.workers.fake_server import FakeServer
 
 # The runtime's fixtures (a scripted model behind an LLM worker; runtime workers), used here.
@@ -59,18 +59,6 @@ async def gateway(start_gateway: StartGateway) -> Replica:
 async def http(gateway: Replica) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20, headers=ADMIN) as client:
         yield client
-
-
-async def until(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    """Poll an HTTP listing until `check` returns something truthy (nothing else to await)."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        found = await check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE:.0f} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 def echo_brain(body: dict[str, Any]) -> Reply:
@@ -100,7 +88,9 @@ async def test_a_posted_agent_is_served_updated_live_and_taken_offline(
     assert created.status_code == 201, created.text
     assert created.json()["agent_id"] == "helper" and created.json()["created_at"] > 0
 
-    await until(lambda: online_agent(http, "helper"), "the saved agent online")
+    await until(
+        lambda: online_agent(http, "helper"), timeout=DEADLINE, what="the saved agent online"
+    )
     r = await send(http, "helper", "hi")
     assert r.status_code == 200, r.text
     assert r.json()["result"]["result"] == "[v1] hi"
@@ -115,7 +105,8 @@ async def test_a_posted_agent_is_served_updated_live_and_taken_offline(
         agent = await online_agent(http, "helper")
         return agent is not None and agent.get("description") == "two"
 
-    await until(updated, "the new card")  # the worker announces it once it uses the update
+    # The worker announces the new card once it uses the update.
+    await until(updated, timeout=DEADLINE, what="the new card")
     assert (await send(http, "helper", "hi")).json()["result"]["result"] == "[v2] hi"
 
     assert (await http.delete("/v1/agents/helper")).status_code == 204
@@ -123,7 +114,7 @@ async def test_a_posted_agent_is_served_updated_live_and_taken_offline(
     async def offline() -> bool:
         return await online_agent(http, "helper") is None
 
-    await until(offline, "the agent offline")
+    await until(offline, timeout=DEADLINE, what="the agent offline")
     gone = await send(http, "helper", "hi")
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "AGENT_NOT_FOUND"
 
@@ -305,7 +296,7 @@ async def test_an_http_tool_registered_over_http_is_called_by_the_runtime(
     await http.post(
         "/v1/agents", json={"agent_id": "forecaster", "model_id": "m", "tool_ids": ["weather"]}
     )
-    await until(lambda: online_agent(http, "forecaster"), "the agent online")
+    await until(lambda: online_agent(http, "forecaster"), timeout=DEADLINE, what="the agent online")
     r = await send(http, "forecaster", "weather in Oslo?")
     assert r.json()["result"]["result"] == 'tool said: {"forecast":"sunny"}'
     assert tool_server.calls == [{"city": "Oslo"}]
@@ -336,7 +327,7 @@ async def test_an_http_tool_on_a_private_address_is_refused_by_default(
     await start_runtime()  # fetch_allow_private off
     await http.post("/v1/tools", json={"tool_id": "weather", "url": tool_server.url})
     await http.post("/v1/agents", json={"agent_id": "f2", "model_id": "m", "tool_ids": ["weather"]})
-    await until(lambda: online_agent(http, "f2"), "the agent online")
+    await until(lambda: online_agent(http, "f2"), timeout=DEADLINE, what="the agent online")
     answer = (await send(http, "f2", "weather?")).json()["result"]["result"]
     assert answer.startswith("tool said: ") and "private" in answer
     assert tool_server.calls == []
@@ -402,7 +393,7 @@ async def test_a_skill_registered_over_http_is_fetched_by_a_worker_and_disclosed
         "/v1/agents",
         json={"agent_id": "reporter", "model_id": "m", "skills": ["skill_sales-report"]},
     )
-    await until(lambda: online_agent(http, "reporter"), "the agent online")
+    await until(lambda: online_agent(http, "reporter"), timeout=DEADLINE, what="the agent online")
     r = await send(http, "reporter", "weekly report please")
     assert r.json()["result"]["result"] == "done: # Skill: sales-report"
 
@@ -495,14 +486,16 @@ async def test_mcp_servers_land_in_the_shared_config_and_a_following_worker_serv
             found = next((s for s in listed if s["name"] == name), None)
             return found if found and found["state"] == "up" else None
 
-        demo = await until(lambda: state_of("demo"), "demo up")
+        demo = await until(lambda: state_of("demo"), timeout=DEADLINE, what="demo up")
         assert demo["source"] == "shared" and demo["transport"] == "http" and demo["tools"] > 0
 
         headers = {"Authorization": "Bearer secret-token"}
         second = {"url": demo_http.url, "headers": headers, "timeout": 5}
         r = await http.post("/v1/tools/mcp", json={"mcpServers": {"second": second}})
         assert r.json() == {"added": ["second"], "replaced": []}
-        listed = await until(lambda: state_of("second"), "second up (applied live)")
+        listed = await until(
+            lambda: state_of("second"), timeout=DEADLINE, what="second up (applied live)"
+        )
         assert listed["headers"] == ["Authorization"] and "secret-token" not in str(listed)
 
         assert (await http.delete("/v1/mcp-servers/second")).status_code == 204
@@ -512,7 +505,7 @@ async def test_mcp_servers_land_in_the_shared_config_and_a_following_worker_serv
             listed = (await http.get("/v1/mcp-servers")).json()["data"]
             return [s["name"] for s in listed] == ["demo"]
 
-        await until(stopped, "second no longer served")
+        await until(stopped, timeout=DEADLINE, what="second no longer served")
     finally:
         await following.stop()
     assert list((await shared_text(settings, mesh))["mcpServers"]) == ["demo"]
@@ -625,7 +618,7 @@ async def test_a_model_posted_over_http_is_served_by_a_worker_following_the_shar
                 assert models["object"] == "list"  # GET /v1/models: the OpenAI list, as before
                 return alias in [m["id"] for m in models["data"]]
 
-            await until(lambda: listed("qwen3-14b"), "the alias served")
+            await until(lambda: listed("qwen3-14b"), timeout=DEADLINE, what="the alias served")
             chat = await http.post(
                 "/v1/chat/completions",
                 json={"model": "qwen3-14b", "messages": [{"role": "user", "content": "hi"}]},
@@ -635,7 +628,9 @@ async def test_a_model_posted_over_http_is_served_by_a_worker_following_the_shar
 
             r = await http.post("/v1/models", json={**body, "model_id": "second"})
             assert r.status_code == 201
-            await until(lambda: listed("second"), "a second alias, applied live")
+            await until(
+                lambda: listed("second"), timeout=DEADLINE, what="a second alias, applied live"
+            )
 
             put = await http.put("/v1/models/second", json={**body, "model_id": None})
             assert put.status_code == 200 and "api_key" not in put.json()
@@ -649,7 +644,7 @@ async def test_a_model_posted_over_http_is_served_by_a_worker_following_the_shar
             async def unlisted() -> bool:
                 return not await listed("second")
 
-            await until(unlisted, "the alias withdrawn")
+            await until(unlisted, timeout=DEADLINE, what="the alias withdrawn")
             assert (await http.delete("/v1/models/second")).status_code == 404
         finally:
             await following.stop()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
@@ -18,6 +19,7 @@ from agentmesh.schemas.envelope import Message
 from tests.agentmesh.test_cli import run_cli
 from tests.conftest import StartAgent
 from tests.gateway.conftest import Replica, StartGateway
+from tests.waiting import until
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
@@ -181,12 +183,17 @@ async def test_status_counts_the_whole_mesh_and_ready_checks_both_servers(
                 "content": [{"type": "text", "text": "x"}],
             },
         )
-    async with asyncio.timeout(5):
-        while True:  # served counts reach Redis with the agent's next heartbeat
-            status = (await http.get("/gateway/status")).json()
-            if status["total_messages"] >= 3:
-                break
-            await asyncio.sleep(settings.heartbeat_interval / 2)
+
+    async def counted() -> dict[str, Any] | None:
+        status = (await http.get("/gateway/status")).json()
+        return status if status["total_messages"] >= 3 else None
+
+    status = await until(  # served counts reach Redis with the agent's next heartbeat
+        counted,
+        timeout=5,
+        what="3 messages counted in /gateway/status",
+        every=settings.heartbeat_interval / 2,
+    )
     assert status["status"] == "running" and status["connected_agents"] == 1
     assert isinstance(status["uptime_seconds"], int) and status["version"]
     ready = await http.get("/readyz")
@@ -325,12 +332,15 @@ async def test_services_lists_the_gateway_and_agents_with_their_load(
     assert [s["kind"] for s in only] == ["gateway"]
     body = {"to_agent_id": "agent-001", "wait": True, "content": [{"type": "text", "text": "x"}]}
     assert (await http.post("/gateway/send", json=body)).status_code == 200
-    async with asyncio.timeout(5):
-        while True:  # the load reaches the registry with each instance's next heartbeat
-            listed = (await http.get("/gateway/services")).json()["services"]
-            by_kind = {s["kind"]: s for s in listed}
-            if by_kind["gateway"]["load"]["served"] and by_kind["agent"]["load"]["served"]:
-                break
-            await asyncio.sleep(0.05)
+
+    async def loaded() -> dict[str, Any] | None:
+        listed = (await http.get("/gateway/services")).json()["services"]
+        by_kind = {s["kind"]: s for s in listed}
+        served = by_kind["gateway"]["load"]["served"] and by_kind["agent"]["load"]["served"]
+        return by_kind if served else None
+
+    by_kind = await until(  # the load reaches the registry with each instance's next heartbeat
+        loaded, timeout=5, what="the gateway's and the agent's served calls in /gateway/services"
+    )
     assert by_kind["gateway"]["load"]["served"] == 1  # the call it relayed
     assert by_kind["agent"]["load"]["served"] == 1  # the call it answered

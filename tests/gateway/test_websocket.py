@@ -32,6 +32,7 @@ from agentmesh.schemas.envelope import Message
 from agentmesh.schemas.errors import MeshError, Unavailable
 from tests.conftest import StartAgent
 from tests.gateway.conftest import Replica, StartGateway
+from tests.waiting import until
 
 TIMEOUT = 5.0
 
@@ -318,10 +319,16 @@ async def test_websocket_agents_on_two_replicas_talk_to_each_other(
     one, two = await start_gateway(), await start_gateway()
     async with ws_agent(one, "alice") as alice, ws_agent(two, "bob") as bob:
         await alice.send({"type": "send", "to_agent_id": "bob", "content": text("hi bob")})
-        message = await bob.expect("message")
+        # Alice's next frame is read meanwhile: an error she gets instead is what the test shows.
+        answer = asyncio.create_task(alice.recv())
+        delivered = asyncio.create_task(bob.expect("message"))
+        await asyncio.wait({answer, delivered}, return_when=asyncio.FIRST_COMPLETED)
+        assert not answer.done(), f"alice got {answer.result()} before bob got the message"
+        message = await delivered
         assert message["from_agent_id"] == "alice" and message["content"] == text("hi bob")
         await bob.send({"type": "result", "message_id": message["message_id"], "result": "hi"})
-        result = await alice.expect("result")
+        result = await answer
+        assert result["type"] == "result", result
     assert result["message_id"] == message["message_id"]
     assert result["from_agent_id"] == "bob" and result["result"] == "hi"
 
@@ -551,9 +558,11 @@ async def test_closed_sockets_leave_no_service_call_or_task_behind_on_the_replic
         async def settle() -> None:
             """Until the replica has finished with the closed sockets (their sessions end after
             the client's close returns): only the sink's service is left, and no call."""
-            async with asyncio.timeout(TIMEOUT):
-                while len(bus._services) > 1 or bus._control.inflight:  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)
+            await until(
+                lambda: len(bus._services) <= 1 and not bus._control.inflight,
+                timeout=TIMEOUT,
+                what="only the sink's service left on the replica, and no call in flight",
+            )
 
         async with ws_agent(replica, "sink") as sink:  # takes messages and never answers
             received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -579,9 +588,11 @@ async def test_closed_sockets_leave_no_service_call_or_task_behind_on_the_replic
                 with pytest.raises(Unavailable):
                     await asking
             await settle()
-            async with asyncio.timeout(TIMEOUT):  # every task the churn started ends
-                while asyncio.all_tasks() - before:  # noqa: ASYNC110 - no event to await
-                    await asyncio.sleep(0.01)
+            await until(  # no event to await
+                lambda: not asyncio.all_tasks() - before,
+                timeout=TIMEOUT,
+                what="every task the churn started ended",
+            )
         await draining
     finally:
         server.should_exit = True
@@ -621,6 +632,7 @@ async def test_a_replica_holds_at_most_max_connections_and_answers_503_beyond(
     async with httpx.AsyncClient(base_url=replica.url, timeout=5) as http:
         # Room again once they close: the server frees a connection's slot when it sees the
         # close, a moment after the client did (nothing to wait on from here but the answer).
-        async with asyncio.timeout(5):
-            while (await http.get("/healthz")).status_code == 503:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+        async def room() -> bool:
+            return (await http.get("/healthz")).status_code != 503
+
+        await until(room, timeout=5, what="/healthz answering other than 503")

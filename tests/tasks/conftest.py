@@ -14,6 +14,7 @@ from agentmesh.agents.client import MeshClient
 from agentmesh.broker.settings import Settings
 from tests.conftest import StartExecutor, start_executor  # noqa: F401 - re-exported
 from tests.gateway.conftest import start_gateway  # noqa: F401 - a fixture, for WebSocket agents
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -58,7 +59,10 @@ async def spawn(task_env: dict[str, str]) -> AsyncIterator[Callable[..., object]
 
 async def online(mesh: MeshClient, kind: str, count: int) -> list[object]:
     """Wait until `count` instances of `kind` are in the registry (each announces at start)."""
-    async with asyncio.timeout(20):
-        while len(found := await mesh.services(kind)) < count:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)  # another process's start-up: nothing to wait on here
-    return found
+
+    async def enough() -> list[object] | None:
+        found = await mesh.services(kind)
+        return found if len(found) >= count else None
+
+    # Another process's start-up: nothing to wait on here.
+    return await until(enough, timeout=20, what=f"{count} {kind} instance(s) in the registry")

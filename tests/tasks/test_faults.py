@@ -18,6 +18,7 @@ from agentmesh.schemas.service import ServiceKind
 from agentmesh.schemas.task import TaskStatus
 from tests.conftest import StartAgent
 from tests.tasks.conftest import StartExecutor, online
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -171,17 +172,16 @@ async def test_a_task_accepted_by_a_gateway_sigkilled_right_after_its_answer_sti
     port = free_port()
     gateway = await spawn("gateway", "--port", str(port))
     await online(mesh, ServiceKind.GATEWAY, 1)
-    async with (
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http,
-        asyncio.timeout(20),
-    ):
-        while True:  # announced before uvicorn listens: retry a refused connection
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+
+        async def submitted() -> httpx.Response | None:
             try:
                 body = {"agent_id": "late", "task_description": "x"}
-                answer = await http.post("/v1/tasks", json=body)
-                break
-            except httpx.ConnectError:
-                await asyncio.sleep(0.05)
+                return await http.post("/v1/tasks", json=body)
+            except httpx.ConnectError:  # announced before uvicorn listens: retry
+                return None
+
+        answer = await until(submitted, timeout=20, what="the spawned gateway taking the task")
     assert answer.status_code == 201, answer.text
     gateway.kill()  # SIGKILL
     await gateway.wait()
