@@ -501,11 +501,20 @@ class Bus:
             call.time_out(timeout)
 
     async def _watch(self) -> None:
-        """Fail calls whose acknowledged responder missed three keep-alives (it died)."""
+        """Fail calls whose acknowledged responder missed three keep-alives (it died).
+
+        A round that wakes late (this process was held up: a long GC pause, a starved CPU) fails
+        nothing: the keep-alives that came meanwhile wait unread behind it, so only the next
+        round can tell a silent responder from a busy caller."""
         interval = self.settings.keepalive_interval
+        woke = time.monotonic()
         while True:
             await asyncio.sleep(interval)
-            limit = time.monotonic() - _MISSED_KEEPALIVES * interval
+            now = time.monotonic()
+            late, woke = now - woke > 2 * interval, now
+            if late:
+                continue
+            limit = now - _MISSED_KEEPALIVES * interval
             for call in self._calls.values():
                 if call.instance and call.last_seen < limit:
                     call.fail(

@@ -4,6 +4,7 @@ a call nobody serves fails at once with `NoResponders`."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -182,3 +183,28 @@ async def test_calls_waiting_for_a_slot_are_acknowledged_and_not_sent_again(
 
 async def _echo(request: Request) -> bytes:
     return request.data
+
+
+async def test_a_call_outlives_a_pause_of_its_own_process_longer_than_the_keepalive_limit(
+    settings: Settings,
+) -> None:
+    """A whole-process pause (a long GC, a starved CPU) holds up the responder's keep-alives
+    and the caller's watch alike: the call must not be failed as if its responder had died."""
+    subject = f"{settings.prefix}.agent.paused"
+    started = asyncio.Event()
+    async with await Bus.connect(settings) as server, await Bus.connect(settings) as caller:
+
+        async def handler(request: Request) -> bytes:
+            started.set()
+            await asyncio.sleep(5 * settings.keepalive_interval)  # the work, keep-alives sent
+            return b"done"
+
+        await server.serve(subject, handler, queue="q")
+        call = asyncio.create_task(caller.request(subject, b"work", timeout=10))
+        async with asyncio.timeout(5):
+            await started.wait()
+        acked = lambda: [c for c in caller._calls.values() if c.instance]  # noqa: E731
+        await until(acked, timeout=5, what="the call acknowledged (so its keep-alives are watched)")
+        time.sleep(5 * settings.keepalive_interval)  # noqa: ASYNC251 - the pause itself
+        reply = await call
+    assert reply.data == b"done"
