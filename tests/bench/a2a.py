@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,15 +44,16 @@ from tests.bench.measure import Call, Result, measure, progress, run, scaled
 from tests.bench.processes import (
     BIN,
     Child,
-    ChildError,
     CpuMeter,
     Throughput,
     agent_online,
+    answers_200,
     gateway_ready,
     launch_echo,
     launch_gateway,
     metered,
     settings_env,
+    started,
     stopping,
 )
 
@@ -135,18 +135,11 @@ async def a2a_client(url: str) -> AsyncIterator[Client]:
 
 async def server_ready(child: Child, url: str, *, timeout: float = 20.0) -> None:
     """Return once the direct server answers its card."""
-    deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=1.0) as http:
-        while True:
-            child.check_running()
-            try:
-                if (await http.get(f"{url}/.well-known/agent-card.json")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise ChildError(f"{child.name} was not ready in {timeout}s:\n{child.tail()}")
-            await asyncio.sleep(0.05)
+        card = f"{url}/.well-known/agent-card.json"
+        await started(
+            lambda: answers_200(http, card), [child], timeout=timeout, what=f"{child.name} ready"
+        )
 
 
 async def throughput(path: str, call: Call, pids: dict[str, int]) -> Throughput:

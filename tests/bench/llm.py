@@ -22,15 +22,14 @@ import yaml
 
 from agentmesh.agents.client import MeshClient
 from agentmesh.broker.bus import Bus
-from agentmesh.broker.connections import connect_redis
 from agentmesh.broker.durable import DurableState
 from agentmesh.broker.ratelimit import Limit
 from agentmesh.broker.servers import free_port
 from agentmesh.broker.settings import Settings
-from agentmesh.broker.subjects import Subjects, escape_token
 from agentmesh.gateway.auth import Scope
 from agentmesh.gateway.keys import KeyStore
 from agentmesh.schemas.errors import MeshError
+from agentmesh.schemas.service import ServiceKind, ServiceRecord
 from tests.bench.http1 import Connection, HttpError, post
 from tests.bench.loadgen import Window
 from tests.bench.measure import (
@@ -51,6 +50,7 @@ from tests.bench.processes import (
     Gateway,
     gateway_ready,
     settings_env,
+    started,
     stopping,
 )
 
@@ -170,39 +170,33 @@ class Mesh:
 
 
 async def upstream_ready(child: Child, port: int, *, timeout: float = 20.0) -> None:
-    deadline, raw = time.monotonic() + timeout, post(CHAT_PATH, port, chat_body("bench"))
-    while True:
-        child.check_running()
+    raw = post(CHAT_PATH, port, chat_body("bench"))
+
+    async def answers() -> bool:
         try:
             conn = await Connection.open(port)
             try:
                 status, _ = await conn.request(raw)
             finally:
                 conn.close()
-            if status == 200:
-                return
         except (OSError, HttpError):
-            pass  # not listening yet
-        if time.monotonic() > deadline:
-            raise ChildError(f"the upstream was not ready in {timeout}s:\n{child.tail()}")
-        await asyncio.sleep(0.05)
+            return False  # not listening yet
+        return status == 200
+
+    await started(answers, [child], timeout=timeout, what="the upstream ready")
 
 
 async def workers_serving(mesh: Mesh, count: int, *, timeout: float = 20.0) -> None:
-    """Return once exactly `count` workers announce the alias (they subscribe first)."""
-    redis = await connect_redis(mesh.settings)
-    key = Subjects(mesh.settings.prefix).key("llm", "workers", escape_token(ALIAS))
-    deadline = time.monotonic() + timeout
-    try:
-        while await redis.zcard(key) != count:
-            for child in mesh.workers:
-                child.check_running()
-            if time.monotonic() > deadline:
-                tails = "\n".join(c.tail() for c in mesh.workers)
-                raise ChildError(f"{count} workers did not serve {ALIAS} in {timeout}s:\n{tails}")
-            await asyncio.sleep(0.05)
-    finally:
-        await redis.aclose()
+    """Return once exactly `count` LLM workers announce the alias (they subscribe first)."""
+    async with MeshClient.connect(mesh.settings) as client:
+
+        async def serving() -> bool:
+            workers = await client.services(ServiceKind.LLM_WORKER)
+            records = [w for w in workers if isinstance(w, ServiceRecord)]
+            return sum(ALIAS in w.serves.models for w in records) == count
+
+        what = f"{count} workers serving {ALIAS}"
+        await started(serving, mesh.workers, timeout=timeout, what=what)
 
 
 async def bench_key(settings: Settings) -> str:

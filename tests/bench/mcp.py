@@ -10,7 +10,6 @@ client. The section is written by `mcp_report.section`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -32,10 +31,10 @@ from tests.bench.processes import (
     BIN,
     ROOT,
     Child,
-    ChildError,
     Throughput,
     gateway_ready,
     metered,
+    started,
 )
 
 SERVER = "demo"
@@ -119,17 +118,8 @@ async def workers_serving(
         server = (await client.tools.catalog()).servers.get(SERVER)
         return server is not None and server.state == "up" and server.workers == count
 
-    try:
-        async with asyncio.timeout(timeout):
-            while not await serving():
-                for child in mesh.workers:
-                    child.check_running()
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        tails = "\n".join(c.tail() for c in mesh.workers)
-        raise ChildError(
-            f"{count} workers did not serve {SERVER} in {timeout}s:\n{tails}"
-        ) from None
+    what = f"{count} workers serving {SERVER}"
+    await started(serving, mesh.workers, timeout=timeout, what=what)
 
 
 def _text(result: object) -> str:

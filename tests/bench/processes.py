@@ -10,7 +10,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -22,6 +22,7 @@ from agentmesh.agents.client import MeshClient
 from agentmesh.broker.servers import _die_with_parent, free_port
 from agentmesh.broker.settings import Settings
 from tests.bench.measure import Call, Result, measure, progress, run
+from tests.waiting import until
 
 BIN = Path(sys.executable).parent  # the venv's bin: its `agentmesh` and `python`
 ROOT = Path(__file__).resolve().parents[2]  # children run here, so `tests.bench` imports
@@ -137,20 +138,48 @@ def launch_gateway(env: Mapping[str, str], logs: Path) -> Gateway:
     return Gateway(Child("gateway", argv, env=env, log=logs / "gateway.log"), port)
 
 
+async def started(
+    check: Callable[[], Awaitable[bool]],
+    children: Sequence[Child],
+    *,
+    timeout: float,
+    what: str,
+) -> None:
+    """Return once `check` says the children are up (their start-up: nothing to await).
+
+    Raises:
+        ChildError: a child exited meanwhile, or `timeout` passed; with the children's logs.
+    """
+
+    async def up() -> bool:
+        for child in children:
+            child.check_running()
+        return await check()
+
+    try:
+        await until(up, timeout=timeout, what=what, every=0.05)
+    except AssertionError:
+        tails = "\n".join(c.tail() for c in children)
+        raise ChildError(f"not within {timeout:g} s: {what}:\n{tails}") from None
+
+
+async def answers_200(http: httpx.AsyncClient, url: str) -> bool:
+    """Whether GET `url` answers 200 (False while nothing listens there yet)."""
+    try:
+        return (await http.get(url)).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 async def gateway_ready(gateway: Gateway, *, timeout: float = 20.0) -> None:
     """Return once GET /readyz answers 200 (NATS and Redis connected)."""
-    deadline, child = time.monotonic() + timeout, gateway.child
     async with httpx.AsyncClient(base_url=gateway.url, timeout=1.0) as http:
-        while True:
-            child.check_running()
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise ChildError(f"the gateway was not ready in {timeout}s:\n{child.tail()}")
-            await asyncio.sleep(0.05)
+        await started(
+            lambda: answers_200(http, "/readyz"),
+            [gateway.child],
+            timeout=timeout,
+            what="the gateway ready",
+        )
 
 
 def launch_echo(env: Mapping[str, str], logs: Path) -> Child:
@@ -163,12 +192,11 @@ async def agent_online(
     mesh: MeshClient, agent_id: str, child: Child, *, timeout: float = 20.0
 ) -> None:
     """Return once `agent_id` (run by `child`) is online."""
-    deadline = time.monotonic() + timeout
-    while await mesh.agent(agent_id) is None:
-        child.check_running()
-        if time.monotonic() > deadline:
-            raise ChildError(f"{agent_id} was not online in {timeout}s:\n{child.tail()}")
-        await asyncio.sleep(0.05)
+
+    async def online() -> bool:
+        return await mesh.agent(agent_id) is not None
+
+    await started(online, [child], timeout=timeout, what=f"{agent_id} online")
 
 
 def cpu_seconds(pid: int) -> float:

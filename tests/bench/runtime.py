@@ -10,7 +10,6 @@ are in the bench process. The section is written by `runtime_report.section`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -29,7 +28,7 @@ from agentmesh.broker.servers import free_port
 from agentmesh.broker.settings import Settings
 from agentmesh.schemas.runtime import AgentDefinition, AgentLimits
 from tests.bench.measure import Call, Result, measure, progress, run, scaled
-from tests.bench.processes import BIN, ROOT, Child, ChildError, CpuMeter, settings_env
+from tests.bench.processes import BIN, ROOT, Child, CpuMeter, settings_env, started
 from tests.bench.tool_upstream import TEXT
 
 ALIAS = "bench-tools"
@@ -40,7 +39,6 @@ UPSTREAM_LATENCY = 0.020  # seconds per model call, fixed
 ANSWER = f"done: {TEXT}"
 PLAIN = "plain loop: httpx → upstream, mcp client → server (stdio)"
 MESH = "saved agent: MeshClient.ask → runtime worker → LLM and MCP workers"
-TOOL_ROUNDS = (1, 3)  # tool rounds per inference in the latency runs (N + 1 model calls)
 TOOL_ROUNDS = (1, 3)  # tool rounds per inference in the latency runs (N + 1 model calls)
 LATENCY_REQUESTS = 200  # per round and path, before BENCH_SCALE; each takes >= 40 ms
 WARMUP = 20
@@ -125,15 +123,7 @@ async def _ready(mesh: RuntimeMesh, client: MeshClient, runtimes: int) -> None:
         instances = len(presence.instances) if presence else 0
         return TOOL_ID in tools and ALIAS in models and instances == runtimes
 
-    try:
-        async with asyncio.timeout(60):
-            while not await ready():
-                for child in mesh.children:
-                    child.check_running()
-                await asyncio.sleep(0.1)  # polling the registry until everything announced
-    except TimeoutError:
-        tails = "\n".join(c.tail() for c in mesh.children)
-        raise ChildError(f"the runtime mesh did not come up:\n{tails}") from None
+    await started(ready, mesh.children, timeout=60, what="the runtime mesh up")
 
 
 async def _stream_chat(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> dict[str, Any]:
