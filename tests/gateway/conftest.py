@@ -83,21 +83,27 @@ JSONRPC = TransportProtocol.JSONRPC.value
 
 @pytest.fixture
 async def clients() -> AsyncIterator[Callable[..., Any]]:
-    """`await connect(replica, agent_id, binding=..., streaming=...)`: an SDK client from the
-    agent's card (resolved through the gateway); all closed after the test."""
+    """`await connect(replica, agent_id, binding=..., streaming=...)` (or `connect(url)`, the
+    agent's A2A URL): an SDK client from the agent's card (resolved through the gateway); all
+    closed after the test."""
     opened: list[Client] = []
     http = httpx.AsyncClient(timeout=30)
 
     async def connect(
-        replica: Replica, agent_id: str, *, binding: str = JSONRPC, streaming: bool = False
+        where: Replica | str,
+        agent_id: str = "",
+        *,
+        binding: str = JSONRPC,
+        streaming: bool = False,
     ) -> Client:
+        url = where if isinstance(where, str) else f"{where.url}/a2a/{agent_id}"
         config = ClientConfig(
             httpx_client=http,
             streaming=streaming,
             supported_protocol_bindings=[binding],
             use_client_preference=True,
         )
-        client = await ClientFactory(config).create_from_url(f"{replica.url}/a2a/{agent_id}")
+        client = await ClientFactory(config).create_from_url(url)
         opened.append(client)
         return client
 

@@ -15,9 +15,8 @@ import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpx
 import pytest
-from a2a.client import Client, ClientConfig, ClientFactory
+from a2a.client import Client
 from a2a.client.errors import A2AClientError
 from a2a.types.a2a_pb2 import (
     GetTaskRequest,
@@ -128,30 +127,6 @@ async def gateways(
             await gateway.stop(signal.SIGKILL)
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[Callable[..., Awaitable[Client]]]:
-    """`await connect(url, binding=..., streaming=...)`: an SDK client from the agent's card at
-    `url`; all closed after the test."""
-    opened: list[Client] = []
-    http = httpx.AsyncClient(timeout=TIMEOUT)
-
-    async def connect(url: str, *, binding: str = JSONRPC, streaming: bool = False) -> Client:
-        config = ClientConfig(
-            httpx_client=http,
-            streaming=streaming,
-            supported_protocol_bindings=[binding],
-            use_client_preference=True,
-        )
-        client = await ClientFactory(config).create_from_url(url)
-        opened.append(client)
-        return client
-
-    yield connect
-    for client in opened:
-        await client.close()
-    await http.aclose()
-
-
 class Held:
     """An agent whose handler waits for `release`; `started` is set at each call, `runs` counts."""
 
@@ -197,15 +172,18 @@ async def follow_to_the_end(stream: AsyncIterator[StreamResponse]) -> list[Strea
         return [r async for r in stream]
 
 
-async def test_a_task_outlives_its_gateway_stopped_and_started_again(
-    start_agent: StartAgent,
-    start_executor: StartExecutor,
-    gateways: StartGatewayProcess,
-    clients: Callable[..., Awaitable[Client]],
-) -> None:
-    held = Held("slow")
-    await start_agent(held.agent)
+@pytest.fixture
+async def held(start_agent: StartAgent, start_executor: StartExecutor) -> Held:
+    """Agent `slow`, held until released (and an executor)."""
+    agent = Held("slow")
+    await start_agent(agent.agent)
     await start_executor()
+    return agent
+
+
+async def test_a_task_outlives_its_gateway_stopped_and_started_again(
+    held: Held, gateways: StartGatewayProcess, clients: Callable[..., Awaitable[Client]]
+) -> None:
     first = await gateways()
     url = f"{first.url}/a2a/slow"
     blocking = await clients(url)
@@ -254,14 +232,8 @@ async def test_a_task_outlives_its_gateway_stopped_and_started_again(
 
 
 async def test_a_blocking_send_cut_by_a_sigkill_is_found_and_sent_again_on_another_replica(
-    start_agent: StartAgent,
-    start_executor: StartExecutor,
-    gateways: StartGatewayProcess,
-    clients: Callable[..., Awaitable[Client]],
+    held: Held, gateways: StartGatewayProcess, clients: Callable[..., Awaitable[Client]]
 ) -> None:
-    held = Held("slow")
-    await start_agent(held.agent)
-    await start_executor()
     first = await gateways()
     message = user("job", context_id="conv-restart")
     cut = await clients(f"{first.url}/a2a/slow")
